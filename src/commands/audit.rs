@@ -1,0 +1,15 @@
+//! `sallyport audit`: query and verify the audit log.
+
+use std::process::ExitCode;
+
+use super::Global;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Not implemented yet.
+    Todo,
+}
+
+pub async fn run(_g: &Global, _cmd: Command) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`sallyport audit` is not implemented yet")
+}

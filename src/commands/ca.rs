@@ -1,0 +1,199 @@
+//! `sallyport ca`: show the CA public keys (for sshd's TrustedUserCAKeys and
+//! clients' known_hosts), sign a user certificate by hand, export a KRL.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use russh::keys::ssh_key::{HashAlg, PublicKey};
+
+use super::{Global, open_ca, open_store};
+use crate::ca::sign::{UserCertRequest, sign_user};
+use crate::identity::{Identity, Kind};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the user CA public key (a TrustedUserCAKeys line) and a
+    /// `@cert-authority` known_hosts line for the host CA.
+    Show(ShowArgs),
+    /// Sign a user certificate for a public key, recorded in the audit log.
+    ///
+    /// Example: sallyport ca sign --public-key ~/.ssh/id_ed25519.pub --principal alice --identity alice --ttl 15m
+    Sign(SignArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// Host pattern for the known_hosts line.
+    #[arg(long, default_value = "*")]
+    pub hosts: String,
+    /// Print JSON: {"user_ca": ..., "known_hosts": ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// The OpenSSH public key to certify (e.g. ~/.ssh/id_ed25519.pub).
+    #[arg(long, value_name = "FILE")]
+    pub public_key: PathBuf,
+    /// Login name the certificate is valid for (repeat for several).
+    #[arg(long = "principal", value_name = "NAME", required = true)]
+    pub principals: Vec<String>,
+    /// Identity subject recorded in the certificate (key id `oidc:local:<ID>`).
+    #[arg(long, value_name = "ID")]
+    pub identity: String,
+    /// Groups of the identity (repeatable); policy roles match on them.
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+    /// Email of the identity.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// human or agent.
+    #[arg(long, default_value = "human", value_parser = ["human", "agent"])]
+    pub kind: String,
+    /// The human an agent acts for.
+    #[arg(long, value_name = "WHO")]
+    pub on_behalf_of: Option<String>,
+    /// Lifetime, e.g. 15m, 1h.
+    #[arg(long, default_value = "15m", value_parser = crate::config::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// Force this command for every session (critical option force-command).
+    #[arg(long, value_name = "CMD")]
+    pub force_command: Option<String>,
+    /// Only accept from these addresses/CIDRs, comma-separated (critical option source-address).
+    #[arg(long, value_name = "CIDRS")]
+    pub source_address: Option<String>,
+    /// Allow port forwarding (`ssh -L`, `ssh -J`).
+    #[arg(long)]
+    pub permit_port_forwarding: bool,
+    /// Do not allow a pty.
+    #[arg(long)]
+    pub no_pty: bool,
+    /// Write the certificate here (default: <public key without .pub>-cert.pub).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print JSON describing the certificate.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Show(a) => show(g, a),
+        Command::Sign(a) => sign(g, a),
+    }
+}
+
+fn show(g: &Global, a: ShowArgs) -> anyhow::Result<ExitCode> {
+    let cfg = g.load_config()?;
+    let keys = open_ca(&cfg)?;
+    let user = keys.user_ca_line()?;
+    let hosts = keys.known_hosts_line(&a.hosts)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "user_ca": user, "known_hosts": hosts })
+        );
+    } else {
+        println!("# user CA (sshd_config: TrustedUserCAKeys <file with this line>)");
+        println!("{user}");
+        println!("# host CA (known_hosts)");
+        println!("{hosts}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(g: &Global, a: SignArgs) -> anyhow::Result<ExitCode> {
+    let cfg = g.load_config()?;
+    let text = std::fs::read_to_string(&a.public_key)
+        .with_context(|| format!("cannot read public key {}", a.public_key.display()))?;
+    let public = PublicKey::from_openssh(text.trim()).with_context(|| {
+        format!(
+            "{}: not an OpenSSH public key (expected e.g. `ssh-ed25519 AAAA... comment`)",
+            a.public_key.display()
+        )
+    })?;
+    let keys = open_ca(&cfg)?;
+    let store = open_store(&cfg)?;
+    let identity = Identity {
+        issuer: "local".into(),
+        subject: a.identity.clone(),
+        email: a.email.clone(),
+        groups: a.groups.clone(),
+        kind: if a.kind == "agent" {
+            Kind::Agent
+        } else {
+            Kind::Human
+        },
+        kube: None,
+        on_behalf_of: a.on_behalf_of.clone(),
+    };
+    let mut req = UserCertRequest::new(
+        public.clone(),
+        identity.clone(),
+        a.principals.clone(),
+        a.ttl,
+    );
+    req.permit_pty = !a.no_pty;
+    req.permit_port_forwarding = a.permit_port_forwarding;
+    req.force_command = a.force_command.clone();
+    req.source_address = a.source_address.clone();
+    if let Some(sa) = &req.source_address {
+        crate::ca::verify::check_source_address(sa, "0.0.0.0".parse()?)
+            .or_else(|e| match e {
+                crate::ca::verify::Rejection::SourceAddress { .. } => Ok(()),
+                other => Err(other),
+            })
+            .with_context(|| {
+                format!("--source-address {sa:?}: write addresses or CIDRs, comma-separated")
+            })?;
+    }
+    let cert = sign_user(&keys.user_ca, &req)?;
+    let fingerprint = public.fingerprint(HashAlg::Sha256).to_string();
+    store.record_certificate(
+        req.serial,
+        &identity,
+        cert.key_id(),
+        &req.principals,
+        req.valid_after,
+        req.valid_before,
+        &fingerprint,
+        None,
+        None,
+        Some("cli"),
+    )?;
+    let out = a.output.clone().unwrap_or_else(|| {
+        let s = a.public_key.display().to_string();
+        PathBuf::from(format!("{}-cert.pub", s.strip_suffix(".pub").unwrap_or(&s)))
+    });
+    let line = cert.to_openssh()?;
+    let mut f =
+        std::fs::File::create(&out).with_context(|| format!("cannot write {}", out.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("cannot write {}", out.display()))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "certificate": out,
+                "serial": req.serial,
+                "key_id": cert.key_id(),
+                "principals": req.principals,
+                "valid_after": req.valid_after,
+                "valid_before": req.valid_before,
+                "fingerprint": fingerprint,
+            })
+        );
+    } else {
+        eprintln!(
+            "signed certificate serial {} key id {:?} for {} valid {} -> {}",
+            req.serial,
+            cert.key_id(),
+            req.principals.join(","),
+            humantime::format_duration(a.ttl),
+            out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

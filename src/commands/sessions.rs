@@ -1,0 +1,15 @@
+//! `sallyport sessions`: list, show and play recorded sessions.
+
+use std::process::ExitCode;
+
+use super::Global;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Not implemented yet.
+    Todo,
+}
+
+pub async fn run(_g: &Global, _cmd: Command) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`sallyport sessions` is not implemented yet")
+}

@@ -1,0 +1,18 @@
+//! Guards on what runs: splitting exec commands and typed lines into simple
+//! commands ([`CommandLine`]), tracking the line a user types in a pty shell,
+//! and just-in-time approvals. Matching against rules is the policy's job
+//! (`policy::Policy::exec`).
+
+/// A command as the guard understood it: every simple command it contains
+/// (after unwrapping `sh -c`, `env`, `sudo`, `$(..)`, ...), each as argv with
+/// the program name normalised (basename of absolute paths).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandLine {
+    /// The original text (as received; mask before storing it).
+    pub raw: String,
+    /// Each simple command's argv.
+    pub simple: Vec<Vec<String>>,
+    /// Constructs the parser cannot see into (`eval`, decoded pipes into a
+    /// shell, unbalanced quotes): strict roles deny these.
+    pub opaque: Vec<String>,
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `sallyport` binary driven by real clients
+//! (OpenSSH `ssh`, `ssh-keygen`, `sshd`, `psql`, `asciinema`, `kubectl`).
+//! `support` owns temp dirs, free ports and child processes, and prints the
+//! command, its output and the server log when something fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../support/mod.rs"]
+mod support;
