@@ -217,6 +217,9 @@ pub fn forward(p: &Policy, id: &Identity, req: &ForwardRequest) -> Decision {
             req.host
         ));
     }
+    // `host.` is the same DNS name as `host`: without this, a deny on
+    // `metadata.google.internal:*` would miss `metadata.google.internal.`.
+    let host = req.host.strip_suffix('.').unwrap_or(&req.host);
     match req.kind {
         ForwardKind::Local => first_hit(
             &roles,
@@ -228,7 +231,7 @@ pub fn forward(p: &Policy, id: &Identity, req: &ForwardRequest) -> Decision {
                 } else {
                     AddrMode::Any
                 };
-                pat.is_match(&req.host, req.port, &req.resolved, mode)
+                pat.is_match(host, req.port, &req.resolved, mode)
             },
         )
         .unwrap_or_else(|| {
@@ -241,7 +244,7 @@ pub fn forward(p: &Policy, id: &Identity, req: &ForwardRequest) -> Decision {
             for role in &roles {
                 if let Some(rule) = role.forward.remote.iter().find(|rule| {
                     rule.pat
-                        .is_match(&req.host, req.port, &req.resolved, AddrMode::All)
+                        .is_match(host, req.port, &req.resolved, AddrMode::All)
                 }) {
                     return Decision::allow(format!(
                         "{} role '{}' forward.remote '{}'",

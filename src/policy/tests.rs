@@ -94,6 +94,24 @@ fn kreq(verb: &str, resource: &str, ns: Option<&str>, name: Option<&str>) -> Kub
 // ---- loading: shipped files and fixtures --------------------------------
 
 #[test]
+fn load_for_serve_seeds_the_default_dir_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = crate::config::Config::load(None, Some(tmp.path().to_path_buf())).unwrap();
+    assert!(cfg.policy_dir_is_default);
+    let (handle, dir) = load_for_serve(&cfg).unwrap();
+    assert_eq!(dir, tmp.path().join("policies"));
+    assert!(dir.join(load::DEFAULT_FILE_NAME).is_file());
+    assert!(handle.current().session(&local("op")).shell);
+    assert_eq!(handle.generation(), 0);
+    // A configured dir that is empty is an error, not a silent deny-all.
+    let mut cfg2 = cfg.clone();
+    cfg2.policy_dir = tmp.path().join("configured");
+    cfg2.policy_dir_is_default = false;
+    std::fs::create_dir_all(&cfg2.policy_dir).unwrap();
+    assert!(matches!(load_for_serve(&cfg2), Err(Error::NoFiles(_))));
+}
+
+#[test]
 fn embedded_default_is_the_shipped_file_and_loads() {
     let on_disk = std::fs::read_to_string(root().join("policies/default.toml")).unwrap();
     assert_eq!(on_disk, default_policy_text());
@@ -411,6 +429,11 @@ fn forward_by_name_cidr_and_resolved_address() {
     assert!(p.forward(&dev, &fwd("x.dev.pod", 80, &[])).is_allow());
     assert_eq!(
         p.forward(&dev, &fwd("prod-main", 5432, &[])).verdict,
+        Verdict::Approve
+    );
+    // A trailing dot or other case is the same name.
+    assert_eq!(
+        p.forward(&dev, &fwd("Prod-Main.", 5432, &[])).verdict,
         Verdict::Approve
     );
     let d = p.forward(&dev, &fwd("elsewhere", 5432, &[]));
