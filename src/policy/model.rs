@@ -271,4 +271,18 @@ mod tests {
         assert_eq!(sanitize_login("@@").as_deref(), None);
         assert_eq!(sanitize_login(&"x".repeat(40)).map(|s| s.len()), Some(32));
     }
+
+    proptest::proptest! {
+        /// Whatever a token's subject holds, a principal is a portable login name.
+        #[test]
+        fn sanitized_logins_are_portable(s in "\\PC{0,64}") {
+            if let Some(login) = sanitize_login(&s) {
+                proptest::prop_assert!(login.len() <= MAX_LOGIN_LEN);
+                proptest::prop_assert!(!login.starts_with('-') && !login.starts_with('.'));
+                proptest::prop_assert!(login
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)));
+            }
+        }
+    }
 }

@@ -272,6 +272,18 @@ shell = true
             vec!["ops".to_string(), "more".to_string()]
         );
 
+        // SIGHUP reloads even though no file changed. (Raised here rather
+        // than in a test of its own: a signal reaches every watcher in the
+        // process, and this test is the only one that runs a watcher.)
+        let before = handle.status();
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
+        let s = wait_until(&handle, "SIGHUP reload", |s, _| {
+            s.attempts > before.attempts
+        })
+        .await;
+        assert_eq!(s.generation, before.generation + 1, "{s:?}");
+        assert_eq!(s.last_error, None, "{s:?}");
+
         let _ = stop_tx.send(());
         tokio::time::timeout(Duration::from_secs(30), task)
             .await
