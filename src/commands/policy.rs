@@ -191,17 +191,20 @@ fn check(g: &Global, a: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let result = compile(&src);
     if a.json {
-        let (ok, roles, errors) = match &result {
-            Ok(p) => (true, p.role_names(), Vec::new()),
-            Err(d) => (false, Vec::new(), d.clone()),
+        let (ok, roles, errors, warnings) = match &result {
+            Ok(p) => (true, p.role_names(), Vec::new(), p.warnings().to_vec()),
+            Err(d) => (false, Vec::new(), d.clone(), Vec::new()),
         };
         println!(
             "{}",
-            json!({ "ok": ok, "files": files, "roles": roles, "errors": errors })
+            json!({ "ok": ok, "files": files, "roles": roles, "errors": errors, "warnings": warnings })
         );
     } else {
         match &result {
             Ok(p) => {
+                for w in p.warnings() {
+                    println!("{}:{}:{}: warning: {}", w.file, w.line, w.column, w.message);
+                }
                 if let Source::Embedded(dir) = &src {
                     println!(
                         "{} has no policy files yet; `serve` will write the embedded default there",

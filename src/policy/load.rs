@@ -135,6 +135,7 @@ pub fn load_dir(dir: &Path) -> Result<Policy, Error> {
 /// when anything is wrong, sorted by file and position.
 pub fn compile(files: &[(PathBuf, String)]) -> Result<Policy, Vec<Diagnostic>> {
     let mut diags = Vec::new();
+    let mut warnings = Vec::new();
     let mut roles: Vec<Role> = Vec::new();
     for (path, text) in files {
         let file: Arc<str> = Arc::from(path.display().to_string());
@@ -142,6 +143,7 @@ pub fn compile(files: &[(PathBuf, String)]) -> Result<Policy, Vec<Diagnostic>> {
             file: Arc::clone(&file),
             text,
             diags: Vec::new(),
+            warnings: Vec::new(),
         };
         let parsed = cx.parse();
         // Duplicate names are only known across files, so check here.
@@ -159,11 +161,13 @@ pub fn compile(files: &[(PathBuf, String)]) -> Result<Policy, Vec<Diagnostic>> {
             }
         }
         diags.extend(cx.diags);
+        warnings.extend(cx.warnings);
     }
     if diags.is_empty() {
         Ok(Policy::from_roles(
             roles,
             files.iter().map(|(p, _)| p.clone()).collect(),
+            warnings,
         ))
     } else {
         Err(diags)
@@ -203,6 +207,8 @@ struct FileCx<'a> {
     file: Arc<str>,
     text: &'a str,
     diags: Vec<Diagnostic>,
+    /// Legal but probably not what was meant; reported, never fatal.
+    warnings: Vec<Diagnostic>,
 }
 
 /// Edit distance, for "did you mean" on unknown keys and values.
@@ -291,6 +297,16 @@ impl FileCx<'_> {
     fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = crate::config::line_col(self.text, span.start);
         self.diags.push(Diagnostic {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = crate::config::line_col(self.text, span.start);
+        self.warnings.push(Diagnostic {
             file: self.file.to_string(),
             line,
             column,
@@ -614,6 +630,26 @@ impl FileCx<'_> {
         };
         if self.diags.len() != before {
             return None;
+        }
+        // Typed shell lines and exec commands both go through [role.exec].
+        if (grant.shell || grant.exec) && exec.allow.is_empty() {
+            self.warn(
+                span.clone(),
+                format!(
+                    "role '{name}' grants shell/exec but its [role.exec] allows no command; unless another matching role does, every command is denied (add allow = [\"*\"] and deny rules)"
+                ),
+            );
+        }
+        if grant.port_forwarding
+            && forward.rules.allow.is_empty()
+            && forward.rules.approve.is_empty()
+        {
+            self.warn(
+                span.clone(),
+                format!(
+                    "role '{name}' grants port_forwarding but its [role.forward] allows no target; unless another matching role does, every forward is denied"
+                ),
+            );
         }
         Some((
             Role {
@@ -1073,6 +1109,16 @@ allow = ["*"]
         assert_eq!(d[0].file, "b.toml");
         assert_eq!(d[0].line, 3);
         assert!(d[0].message.contains("first defined at a.toml:2"), "{d:?}");
+    }
+
+    #[test]
+    fn warnings_do_not_fail_the_load() {
+        let text = OK.replace("allow = [\"*\"]", "deny = [\"x\"]");
+        let p = compile_str("t.toml", &text).unwrap();
+        assert_eq!(p.warnings().len(), 1, "{:?}", p.warnings());
+        assert_eq!(p.warnings()[0].line, 2);
+        assert!(p.warnings()[0].message.contains("allows no command"));
+        assert!(compile_str("t.toml", OK).unwrap().warnings().is_empty());
     }
 
     #[test]

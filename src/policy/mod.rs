@@ -224,6 +224,7 @@ pub struct KubeRequest {
 pub struct Policy {
     roles: Vec<model::Role>,
     files: Vec<PathBuf>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Default for Policy {
@@ -248,11 +249,26 @@ impl Policy {
         Self {
             roles: Vec::new(),
             files: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
-    pub(crate) fn from_roles(roles: Vec<model::Role>, files: Vec<PathBuf>) -> Self {
-        Self { roles, files }
+    pub(crate) fn from_roles(
+        roles: Vec<model::Role>,
+        files: Vec<PathBuf>,
+        warnings: Vec<Diagnostic>,
+    ) -> Self {
+        Self {
+            roles,
+            files,
+            warnings,
+        }
+    }
+
+    /// Legal but suspicious things found while loading (e.g. a role granting
+    /// shell with no exec allow rule). `policy check` prints them.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// Load every `*.toml` in `dir`; all diagnostics when anything is wrong.
@@ -429,6 +445,9 @@ pub fn load_for_serve(cfg: &crate::config::Config) -> Result<(PolicyHandle, Path
     let dir = cfg.policy_dir.clone();
     load::ensure_dir(&dir, cfg.policy_dir_is_default)?;
     let policy = load::load_dir(&dir)?;
+    for w in policy.warnings() {
+        tracing::warn!("policy: {w}");
+    }
     tracing::info!(
         dir = %dir.display(),
         roles = ?policy.role_names(),

@@ -101,6 +101,9 @@ fn start_watcher(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Option<notify::Re
 pub fn reload_now(handle: &PolicyHandle, dir: &Path) -> Result<(), Error> {
     match load::load_dir(dir) {
         Ok(policy) => {
+            for w in policy.warnings() {
+                tracing::warn!("policy: {w}");
+            }
             let roles = policy.role_names();
             handle.replace(policy);
             tracing::info!(
