@@ -148,6 +148,10 @@ impl Upstream {
     /// Build from the `[kube]` config: a kubeconfig (and context) when given,
     /// else the in-cluster service account.
     pub async fn from_config(cfg: &crate::config::KubeConfig) -> Result<Self, Error> {
+        // Both rustls providers are compiled in (kube asks for ring, other
+        // crates bring aws-lc-rs), so rustls cannot pick one by itself; an
+        // error here only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = match &cfg.kubeconfig {
             Some(path) => {
                 let shown = path.display().to_string();
@@ -339,7 +343,7 @@ fn drop_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
                 .map(|t| t.trim().to_ascii_lowercase())
                 .collect::<Vec<_>>()
         })
-        .filter(|t| !t.is_empty() && !(keep_upgrade && t == "upgrade"))
+        .filter(|t| !(t.is_empty() || (keep_upgrade && t == "upgrade")))
         .collect();
     for n in named {
         h.remove(n.as_str());
