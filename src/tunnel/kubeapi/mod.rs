@@ -653,3 +653,6 @@ impl Drop for CountingBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
