@@ -23,8 +23,8 @@ use sallyport::audit::kube::KubeRequestRecord;
 use sallyport::identity::{Identity, KubeIdentity};
 use sallyport::policy::{Policy, PolicyHandle};
 use sallyport::tunnel::kubeapi::{
-    ApprovalError, ApprovalRequest, Approver, KubeAuthorizer, KubeProxyContext, Limits, MaskFn,
-    Upstream, serve_connection,
+    self, ApprovalError, ApprovalRequest, Approver, KubeAuthorizer, KubeProxyContext, Limits,
+    MaskFn, Upstream, serve_connection,
 };
 
 use crate::support::kubeapi_http::{BASTION_TOKEN, TestKubeApi};
@@ -154,12 +154,11 @@ impl Proxy {
                 tokio::spawn(serve_connection(s, ctx.clone()));
             }
         });
+        // The kubeconfig `sallyport login` writes: no credentials at all.
         let kubeconfig = dir.path().join("client-kubeconfig.yaml");
         std::fs::write(
             &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: bastion\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: bastion\n  context:\n    cluster: bastion\n    user: agent\n    namespace: dev\ncurrent-context: bastion\nusers:\n- name: agent\n  user:\n    token: {CLIENT_TOKEN}\n"
-            ),
+            kubeapi::kubeconfig::kubeconfig(port, Some("dev")),
         )
         .unwrap();
         Proxy {
@@ -179,6 +178,18 @@ impl Proxy {
             .env("HOME", self.dir.path())
             .arg("--cache-dir")
             .arg(self.dir.path().join("kube-cache"))
+            // Credentials and a claimed identity of the client's own, to
+            // prove they never pass. (kubectl 1.32 does not send bearer
+            // tokens to a plain-http server at all; the raw-request test
+            // covers `Authorization`. It does send `--as`.)
+            .args([
+                "--token",
+                CLIENT_TOKEN,
+                "--as",
+                "admin",
+                "--as-group",
+                "system:masters",
+            ])
             .args(args);
         cmd
     }
@@ -241,6 +252,27 @@ fn kubeapi_get_secret_is_denied_with_a_readable_status() {
         r.explain()
     );
     assert!(!r.stdout().contains("aHVudGVyMg"), "{}", r.explain());
+    // Discovery went upstream as the agent, never as the claimed admin.
+    let seen = p.api.requests();
+    assert!(!seen.is_empty(), "{}", r.explain());
+    for s in &seen {
+        assert_eq!(
+            s.header_all("authorization"),
+            [format!("Bearer {BASTION_TOKEN}")],
+            "{s:?}"
+        );
+        assert_eq!(
+            s.header_all("impersonate-user"),
+            ["system:serviceaccount:dev:copilot"],
+            "{s:?}"
+        );
+        assert!(
+            !s.header_all("impersonate-group")
+                .iter()
+                .any(|g| g == "system:masters"),
+            "{s:?}"
+        );
+    }
     // Nothing that policy denied was forwarded.
     assert!(
         p.api

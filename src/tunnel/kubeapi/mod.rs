@@ -18,6 +18,7 @@
 //! `http://127.0.0.1:6443`. See docs/agents.md.
 
 pub mod headers;
+pub mod kubeconfig;
 pub mod request;
 
 use std::convert::Infallible;
