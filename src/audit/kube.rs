@@ -35,6 +35,8 @@ pub struct KubeRequestRow {
     pub secret_read: bool,
     /// Masked request body of writes.
     pub body: Option<String>,
+    /// Asciicast recording of an exec/attach stream.
+    pub recording: Option<String>,
 }
 
 /// A row as read back.
@@ -52,8 +54,8 @@ impl Store {
         self.lock().execute(
             "INSERT INTO kube_requests (at, connection_id, subject, identity, verb, api_group,
                 resource, subresource, namespace, name, path, decision, reason, status,
-                bytes_in, bytes_out, latency_ms, secret_read, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                bytes_in, bytes_out, latency_ms, secret_read, body, recording)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             params![
                 now_rfc3339(),
                 r.connection_id,
@@ -74,6 +76,7 @@ impl Store {
                 r.latency_ms.map(|v| v as i64),
                 r.secret_read,
                 r.body,
+                r.recording,
             ],
         )?;
         Ok(())
@@ -85,7 +88,7 @@ impl Store {
         let mut st = conn.prepare(
             "SELECT id, at, connection_id, subject, identity, verb, api_group, resource,
                     subresource, namespace, name, path, decision, reason, status, bytes_in,
-                    bytes_out, latency_ms, secret_read, body
+                    bytes_out, latency_ms, secret_read, body, recording
              FROM kube_requests ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = st.query_map(params![limit], |r| {
@@ -111,6 +114,7 @@ impl Store {
                     latency_ms: r.get::<_, Option<i64>>(17)?.map(|v| v.max(0) as u64),
                     secret_read: r.get(18)?,
                     body: r.get(19)?,
+                    recording: r.get(20)?,
                 },
             })
         })?;

@@ -16,7 +16,13 @@ use rusqlite::Connection;
 pub mod certs;
 pub mod kube;
 
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("migrations/0001_init.sql")),
+    (
+        "0002_kube_recording",
+        include_str!("migrations/0002_kube_recording.sql"),
+    ),
+];
 
 /// Errors from the audit store.
 #[derive(Debug, thiserror::Error)]

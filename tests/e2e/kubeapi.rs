@@ -144,6 +144,7 @@ impl Proxy {
             mask,
             upstream,
             limits,
+            recording_dir: Some(dir.path().join("recordings")),
         };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -567,6 +568,19 @@ fn kubeapi_kubectl_exec_upgrade_passes_through() {
     assert!(
         rows[0].row.bytes_in > 0 && rows[0].row.bytes_out > 0,
         "{rows:?}"
+    );
+    // Recorded like a local session: the real asciinema replays it.
+    let cast = PathBuf::from(rows[0].row.recording.clone().expect("recording audited"));
+    let replay = crate::support::asciinema_cat(&cast).unwrap();
+    assert!(replay.contains("hello through the bastion"), "{replay}");
+    let text = std::fs::read_to_string(&cast).unwrap();
+    assert!(
+        text.contains(r#""i", "hello through the bastion\n""#),
+        "{text}"
+    );
+    assert!(
+        text.contains("kubectl exec dev/web-1 by system:serviceaccount:dev:copilot"),
+        "{text}"
     );
 }
 

@@ -20,6 +20,7 @@
 pub mod headers;
 pub mod kubeconfig;
 pub mod request;
+pub mod stream;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -199,6 +200,10 @@ pub struct KubeProxyContext {
     pub mask: MaskFn,
     pub upstream: Upstream,
     pub limits: Limits,
+    /// Record `exec`/`attach` streams as asciicast files under this
+    /// directory (`None`: not recorded). When set, a stream that cannot be
+    /// recorded (SPDY, unknown subprotocol, file error) is refused.
+    pub recording_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for KubeProxyContext {
@@ -208,6 +213,7 @@ impl std::fmt::Debug for KubeProxyContext {
             .field("session_id", &self.session_id)
             .field("approver", &self.approver.is_some())
             .field("limits", &self.limits)
+            .field("recording_dir", &self.recording_dir)
             .finish_non_exhaustive()
     }
 }
@@ -488,6 +494,50 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
 
     // Allowed (or approved): forward.
     let upgrade = is_upgrade(req.headers());
+    let recorded = kreq.as_ref().is_some_and(|k| {
+        k.resource == "pods" && matches!(k.subresource.as_deref(), Some("exec" | "attach"))
+    });
+    let mut recording = None;
+    if let (true, Some(dir)) = (recorded && upgrade, &ctx.recording_dir) {
+        let websocket = req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            // SPDY/3.1 multiplexes zlib-compressed streams the tap cannot
+            // read; kubectl >= 1.30 speaks WebSocket first anyway.
+            row.decision = Verdict::Deny.to_string();
+            row.reason = format!(
+                "{} (exec/attach is recorded: WebSocket required)",
+                row.reason
+            );
+            row.status = Some(400);
+            write_audit(&ctx, &row);
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "sallyport: exec/attach sessions are recorded and need the WebSocket stream protocol (kubectl 1.30 or newer)",
+            );
+        }
+        match start_recording(&ctx, dir, kreq.as_ref(), query.as_deref()) {
+            Ok(r) => {
+                row.recording = Some(r.0.display().to_string());
+                recording = Some(r.1);
+            }
+            Err(e) => {
+                warn!(session = %ctx.session_id, error = %e, "kube proxy: cannot record exec stream");
+                row.status = Some(500);
+                row.reason = format!("{} (recording failed: {e})", row.reason);
+                write_audit(&ctx, &row);
+                return status_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "sallyport: this session cannot be recorded, so it does not run",
+                );
+            }
+        }
+    }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, ctx.limits.max_body_bytes)
@@ -558,12 +608,29 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
         && res.status() == StatusCode::SWITCHING_PROTOCOLS
     {
         let upstream_upgrade = hyper::upgrade::on(&mut res);
+        let tap = match recording {
+            None => None,
+            Some(rec) => match stream::response_encoding(res.headers()) {
+                Some(enc) => Some((enc, Arc::new(std::sync::Mutex::new(rec)))),
+                None => {
+                    row.status = Some(502);
+                    row.decision = Verdict::Deny.to_string();
+                    row.reason = format!("{} (unrecordable stream protocol)", row.reason);
+                    write_audit(&ctx, &row);
+                    return status_response(
+                        StatusCode::BAD_GATEWAY,
+                        "InternalError",
+                        "sallyport: the API server chose a stream protocol sallyport cannot record",
+                    );
+                }
+            },
+        };
         let mut out = Response::new(full(Bytes::new()));
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = res.headers().clone();
         let ctx2 = ctx.clone();
         tokio::spawn(async move {
-            splice(ctx2, row, client_upgrade, upstream_upgrade).await;
+            splice(ctx2, row, client_upgrade, upstream_upgrade, tap).await;
         });
         return out;
     }
@@ -582,31 +649,124 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
     out
 }
 
-/// Copy both ways between the two upgraded connections, then audit.
+/// Open the asciicast file for an exec/attach stream.
+fn start_recording(
+    ctx: &KubeProxyContext,
+    dir: &std::path::Path,
+    kreq: Option<&KubeRequest>,
+    query: Option<&str>,
+) -> Result<(std::path::PathBuf, crate::record::Recorder), crate::record::Error> {
+    let command: Vec<String> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let tty = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .any(|(k, v)| k == "tty" && (v == "true" || v == "1"));
+    let (ns, pod, sub) = kreq
+        .map(|k| {
+            (
+                k.namespace.clone().unwrap_or_default(),
+                k.name.clone().unwrap_or_default(),
+                k.subresource.clone().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    let id = format!("{}-kube-{}", ctx.session_id, uuid::Uuid::now_v7());
+    let path = crate::record::recording_path(dir, &id);
+    let mut env = std::collections::BTreeMap::new();
+    env.insert(
+        "TERM".to_string(),
+        if tty { "xterm" } else { "dumb" }.to_string(),
+    );
+    let header = crate::record::Header {
+        width: 80,
+        height: 24,
+        timestamp: time::OffsetDateTime::now_utc().unix_timestamp(),
+        title: format!(
+            "kubectl {sub} {ns}/{pod} by {} [{}]",
+            ctx.identity.display(),
+            ctx.session_id
+        ),
+        env,
+        command: (!command.is_empty()).then(|| {
+            String::from_utf8_lossy(&(ctx.mask)(command.join(" ").as_bytes())).into_owned()
+        }),
+    };
+    let rec = crate::record::Recorder::create(&path, &header)?;
+    Ok((path, rec))
+}
+
+/// Copy both ways between the two upgraded connections (recording exec
+/// streams on the way), then audit. A recording failure ends the stream.
 async fn splice(
     ctx: KubeProxyContext,
     mut row: KubeRequestRow,
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
+    tap: Option<(
+        stream::Encoding,
+        Arc<std::sync::Mutex<crate::record::Recorder>>,
+    )>,
 ) {
     match futures::future::try_join(client, upstream).await {
         Ok((c, u)) => {
-            let mut c = TokioIo::new(c);
-            let mut u = TokioIo::new(u);
-            match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                Ok((up, down)) => {
-                    row.bytes_in += up;
-                    row.bytes_out += down;
+            let (cr, cw) = tokio::io::split(TokioIo::new(c));
+            let (ur, uw) = tokio::io::split(TokioIo::new(u));
+            let taps = tap.as_ref().map(|(enc, rec)| {
+                (
+                    stream::Tap::new(*enc, stream::Direction::Up, rec.clone(), ctx.mask.clone()),
+                    stream::Tap::new(*enc, stream::Direction::Down, rec.clone(), ctx.mask.clone()),
+                )
+            });
+            let (tap_up, tap_down) = match taps {
+                Some((a, b)) => (Some(a), Some(b)),
+                None => (None, None),
+            };
+            let mut up = Box::pin(stream::copy_tapped(cr, uw, tap_up));
+            let mut down = Box::pin(stream::copy_tapped(ur, cw, tap_down));
+            let (mut up_done, mut down_done) = (None, None);
+            // Both halves run until each side closes; an error on either
+            // (including a failed recording write) ends the whole stream.
+            while up_done.is_none() || down_done.is_none() {
+                tokio::select! {
+                    r = &mut up, if up_done.is_none() => {
+                        let failed = r.is_err();
+                        up_done = Some(r);
+                        if failed { break; }
+                    }
+                    r = &mut down, if down_done.is_none() => {
+                        let failed = r.is_err();
+                        down_done = Some(r);
+                        if failed { break; }
+                    }
                 }
-                Err(e) => {
-                    debug!(session = %ctx.session_id, error = %e, "kube proxy: upgraded stream ended");
-                    row.reason = format!("{} (stream: {e})", row.reason);
+            }
+            for (r, dir) in [(&up_done, "up"), (&down_done, "down")] {
+                match r {
+                    Some(Ok(n)) if dir == "up" => row.bytes_in += n,
+                    Some(Ok(n)) => row.bytes_out += n,
+                    Some(Err(e)) => {
+                        debug!(session = %ctx.session_id, error = %e, dir, "kube proxy: upgraded stream ended");
+                        row.reason = format!("{} (stream {dir}: {e})", row.reason);
+                    }
+                    None => {}
                 }
             }
         }
         Err(e) => {
             warn!(session = %ctx.session_id, error = %e, "kube proxy: upgrade failed");
             row.reason = format!("{} (upgrade failed: {e})", row.reason);
+        }
+    }
+    if let Some((_, rec)) = tap
+        && let Ok(m) = Arc::try_unwrap(rec)
+    {
+        let rec = match m.into_inner() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        if let Err(e) = rec.finish() {
+            warn!(session = %ctx.session_id, error = %e, "kube proxy: recording not finished cleanly");
         }
     }
     write_audit(&ctx, &row);

@@ -50,8 +50,19 @@ async fn upstream() -> (u16, Seen) {
                             });
                             let mut r = Response::new(full(Bytes::new()));
                             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                            r.headers_mut()
-                                .insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+                            // Mirror the protocol asked for (first offered subprotocol).
+                            if let Some(u) = req.headers().get(header::UPGRADE) {
+                                r.headers_mut().insert(header::UPGRADE, u.clone());
+                            }
+                            if let Some(p) = req
+                                .headers()
+                                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.split(',').next())
+                                .and_then(|v| HeaderValue::from_str(v.trim()).ok())
+                            {
+                                r.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+                            }
                             r.headers_mut()
                                 .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
                             return Ok::<_, Infallible>(r);
@@ -133,6 +144,7 @@ async fn ctx(
             max_body_bytes: 1024,
             ..Limits::default()
         },
+        recording_dir: None,
     };
     (ctx, store, dir)
 }
@@ -354,4 +366,72 @@ async fn unreachable_upstream_is_a_clean_502() {
             .contains("Kubernetes API server unreachable")
     );
     assert_eq!(rows(&store, 1).await[0].status, Some(502));
+}
+
+fn ws_frame(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut v = vec![
+        0x82,
+        if mask.is_some() { 0x80 } else { 0 } | payload.len() as u8,
+    ];
+    match mask {
+        Some(k) => {
+            v.extend_from_slice(&k);
+            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => v.extend_from_slice(payload),
+    }
+    v
+}
+
+#[tokio::test]
+async fn recorded_exec_refuses_spdy() {
+    let (port, seen) = upstream().await;
+    let (mut ctx, store, d) = ctx(port, Decision::allow("allow"), None).await;
+    ctx.recording_dir = Some(d.path().join("rec"));
+    let mut c = client(ctx).await;
+    let mut req = get("/api/v1/namespaces/dev/pods/web/exec?command=sh");
+    *req.method_mut() = hyper::Method::POST;
+    req.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    req.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    let res = c.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(res).await.contains("WebSocket"));
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(rows(&store, 1).await[0].decision, "deny");
+}
+
+#[tokio::test]
+async fn websocket_exec_is_recorded() {
+    let (port, _seen) = upstream().await;
+    let (mut ctx, store, d) = ctx(port, Decision::allow("allow"), None).await;
+    ctx.recording_dir = Some(d.path().join("rec"));
+    let mut c = client(ctx).await;
+    let mut req = get("/api/v1/namespaces/dev/pods/web/exec?command=bash&command=-i&tty=true");
+    let h = req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static("v5.channel.k8s.io, v4.channel.k8s.io"),
+    );
+    let res = c.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    // stdin from the client, then a frame the echoing upstream returns as
+    // stdout (channel 1) to the client.
+    let stdin = ws_frame(b"\x00whoami\r", Some([7, 7, 7, 7]));
+    let stdout = ws_frame(b"\x01root\r\n", Some([3, 1, 4, 1]));
+    io.write_all(&stdin).await.unwrap();
+    io.write_all(&stdout).await.unwrap();
+    let mut back = vec![0u8; stdin.len() + stdout.len()];
+    io.read_exact(&mut back).await.unwrap();
+    drop(io);
+    let r = rows(&store, 1).await;
+    let path = r[0].recording.clone().expect("recording path audited");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(r#""command":"bash -i""#), "{text}");
+    assert!(text.contains(r#""i", "whoami\r""#), "{text}");
+    assert!(text.contains(r#""o", "root\r\n""#), "{text}");
 }
