@@ -218,6 +218,67 @@ impl std::fmt::Debug for KubeProxyContext {
     }
 }
 
+/// What every proxied connection shares, built once when the server starts;
+/// [`KubeProxy::context`] makes the per-connection [`KubeProxyContext`].
+///
+/// Wiring (SSH `direct-tcpip`): when [`KubeProxy::is_api_target`] says the
+/// requested host is the API target, skip TCP resolution and run
+/// `serve_connection(channel.into_stream(), proxy.context(identity, conn_id, timeout))`
+/// in its own task; policy is applied per HTTP request inside.
+#[derive(Clone)]
+pub struct KubeProxy {
+    /// `[kube] api_target` (`kubernetes`, or `kubernetes:443` to pin the port).
+    pub api_target: String,
+    pub upstream: Upstream,
+    pub authorizer: Arc<dyn KubeAuthorizer>,
+    pub approver: Option<Arc<dyn Approver>>,
+    pub audit: Option<audit::Store>,
+    pub mask: MaskFn,
+    pub limits: Limits,
+    pub recording_dir: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for KubeProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeProxy")
+            .field("api_target", &self.api_target)
+            .field("recording_dir", &self.recording_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeProxy {
+    /// Is `host:port` (as the client wrote it in `ssh -L`) the API target?
+    /// A target written without a port matches any port.
+    pub fn is_api_target(&self, host: &str, port: u32) -> bool {
+        match self.api_target.rsplit_once(':') {
+            Some((h, p)) => h.eq_ignore_ascii_case(host) && p == port.to_string(),
+            None => self.api_target.eq_ignore_ascii_case(host),
+        }
+    }
+
+    /// The context for one authenticated connection.
+    pub fn context(
+        &self,
+        identity: Identity,
+        session_id: impl Into<String>,
+        approval_timeout: Duration,
+    ) -> KubeProxyContext {
+        KubeProxyContext {
+            identity: Arc::new(identity),
+            session_id: session_id.into(),
+            authorizer: self.authorizer.clone(),
+            approver: self.approver.clone(),
+            approval_timeout,
+            audit: self.audit.clone(),
+            mask: self.mask.clone(),
+            upstream: self.upstream.clone(),
+            limits: self.limits,
+            recording_dir: self.recording_dir.clone(),
+        }
+    }
+}
+
 /// Serve HTTP/1.1 on `stream` until the client closes it. Never fails: bad
 /// requests get HTTP errors, a broken stream just ends the connection (and
 /// malformed HTTP is audited).

@@ -435,3 +435,29 @@ async fn websocket_exec_is_recorded() {
     assert!(text.contains(r#""i", "whoami\r""#), "{text}");
     assert!(text.contains(r#""o", "root\r\n""#), "{text}");
 }
+
+#[tokio::test]
+async fn api_target_matching() {
+    let (port, _seen) = upstream().await;
+    let (c, _store, _d) = ctx(port, Decision::allow("a"), None).await;
+    let mut p = KubeProxy {
+        api_target: "kubernetes".into(),
+        upstream: c.upstream.clone(),
+        authorizer: c.authorizer.clone(),
+        approver: None,
+        audit: None,
+        mask: c.mask.clone(),
+        limits: Limits::default(),
+        recording_dir: None,
+    };
+    assert!(p.is_api_target("kubernetes", 443));
+    assert!(p.is_api_target("Kubernetes", 6443));
+    assert!(!p.is_api_target("kubernetes.evil", 443));
+    assert!(!p.is_api_target("kube", 443));
+    p.api_target = "kubernetes:443".into();
+    assert!(p.is_api_target("kubernetes", 443));
+    assert!(!p.is_api_target("kubernetes", 80));
+    let ctx = p.context(Identity::default(), "conn-9", Duration::from_secs(7));
+    assert_eq!(ctx.session_id, "conn-9");
+    assert_eq!(ctx.approval_timeout, Duration::from_secs(7));
+}
