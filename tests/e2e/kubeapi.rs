@@ -647,3 +647,50 @@ fn kubeapi_delete_waits_for_approval() {
     assert!(!stored.contains("hunter2"), "{stored}");
     assert_eq!(rows[0].row.bytes_in, body.len() as u64);
 }
+
+#[test]
+#[ignore = "needs the policy engine (branch policy): placeholder Policy::kube denies all"]
+fn kubeapi_kubectl_exec_it_with_a_tty_is_recorded() {
+    let p = Proxy::start(None, Limits::default());
+    // A real terminal for kubectl (`script` allocates a pty); Ctrl-D makes
+    // the test server end the session like a shell would.
+    let kubectl = format!("{:?}", p.kubectl_cmd(&["exec", "-it", "web-1", "--", "sh"]));
+    let mut cmd = Command::new("script");
+    cmd.arg("-qec")
+        .arg(format!(
+            "stty cols 100 rows 30; {}",
+            kubectl.replace('"', "'")
+        ))
+        .arg("/dev/null")
+        .env("KUBECONFIG", &p.kubeconfig)
+        .env("HOME", p.dir.path());
+    let r = run_cmd(
+        cmd,
+        Some(b"echo tty works\r\x04"),
+        Duration::from_secs(60),
+        p.context(),
+    );
+    let rows = p.audited(|r| r.row.subresource.as_deref() == Some("exec"));
+    assert_eq!(rows[0].row.status, Some(101), "{}", r.explain());
+    assert!(rows[0].row.path.contains("tty=true"), "{rows:?}");
+    let cast = PathBuf::from(rows[0].row.recording.clone().unwrap());
+    let text = std::fs::read_to_string(&cast).unwrap();
+    let events: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v[1].as_str().unwrap().to_string(),
+                v[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let has = |kind: &str, what: &str| events.iter().any(|(k, t)| k == kind && t.contains(what));
+    assert!(has("i", "echo tty works"), "{text}\n{}", r.explain());
+    assert!(has("o", "echo tty works"), "{text}");
+    // kubectl sends the terminal size first (channel 4): a resize event.
+    assert!(has("r", "100x30"), "{text}");
+    assert!(has("m", "Success"), "{text}");
+    assert!(text.contains(r#""TERM":"xterm""#), "{text}");
+}

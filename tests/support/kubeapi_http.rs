@@ -3,7 +3,7 @@
 //! speaks just enough of the real HTTP/JSON API for `kubectl` (discovery,
 //! pods list/get/delete, secrets get, `pods/log` with `follow=true`
 //! streaming, `pods/exec` over the WebSocket `v5.channel.k8s.io` protocol,
-//! echoing stdin to stdout) and **records every request's method, path and
+//! echoing stdin to stdout until stdin closes or carries Ctrl-D) and **records every request's method, path and
 //! headers**, so tests can prove what the bastion forwarded (impersonation
 //! headers, the bastion's own token) and what it did not (the client's
 //! `Authorization`, forged `Impersonate-*`, denied requests).
@@ -348,9 +348,24 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         match op {
             1 | 2 => match payload.first() {
                 Some(0) => {
-                    let mut out = vec![1u8];
-                    out.extend_from_slice(&payload[1..]);
-                    write_frame(&mut s, 2, &out).await?;
+                    // Ctrl-D (as a tty sends it) ends the session like a shell would.
+                    let data = &payload[1..];
+                    let (text, eot) = match data.iter().position(|b| *b == 4) {
+                        Some(i) => (&data[..i], true),
+                        None => (data, false),
+                    };
+                    if !text.is_empty() {
+                        let mut out = vec![1u8];
+                        out.extend_from_slice(text);
+                        write_frame(&mut s, 2, &out).await?;
+                    }
+                    if eot {
+                        let mut status = vec![3u8];
+                        status.extend_from_slice(br#"{"metadata":{},"status":"Success"}"#);
+                        write_frame(&mut s, 2, &status).await?;
+                        write_frame(&mut s, 8, &1000u16.to_be_bytes()).await?;
+                        return Ok(());
+                    }
                 }
                 Some(255) if payload.get(1) == Some(&0) => {
                     let mut status = vec![3u8];

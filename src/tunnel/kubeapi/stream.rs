@@ -208,7 +208,10 @@ impl Tap {
                         #[serde(rename = "Height")]
                         height: u16,
                     }
-                    if let Ok(s) = serde_json::from_slice::<Size>(&bytes) {
+                    if let Ok(s) = serde_json::from_slice::<Size>(&bytes)
+                        && s.width > 0
+                        && s.height > 0
+                    {
                         rec.resize(s.width, s.height)?;
                     }
                 }
