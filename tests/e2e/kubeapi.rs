@@ -56,7 +56,7 @@ approve = [{ verbs = ["delete"], resources = ["pods"], namespaces = ["dev"] }]
 ///
 /// TODO(lead): once the policy branch is on main, replace the body's last
 /// line with `Arc::new(PolicyHandle::new(Policy::load_dir(&pdir).unwrap()))`
-/// and drop the five `#[ignore]`s below (verified: all eight tests pass
+/// and drop the six `#[ignore]`s below (verified: all nine tests pass
 /// with the policy branch's engine merged in).
 fn policy_engine(dir: &std::path::Path) -> Arc<dyn KubeAuthorizer> {
     let pdir = dir.join("policies");
