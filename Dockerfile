@@ -7,6 +7,10 @@
 # /bin/sh + install, and preStop uses /bin/sleep. Runs as uid 65532.
 
 FROM rust:1.89-slim-bookworm AS build
+# C toolchain extras for aws-lc-sys (russh/rustls crypto) and bundled SQLite.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake perl make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole tree (see .dockerignore): the manifest names test and bench
 # targets, and the binary embeds policies/default.toml.
