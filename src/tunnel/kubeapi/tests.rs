@@ -461,3 +461,49 @@ async fn api_target_matching() {
     assert_eq!(ctx.session_id, "conn-9");
     assert_eq!(ctx.approval_timeout, Duration::from_secs(7));
 }
+
+#[tokio::test]
+async fn unrecordable_exec_does_not_run() {
+    let (port, seen) = upstream().await;
+    let (mut ctx, store, d) = ctx(port, Decision::allow("allow"), None).await;
+    // A regular file where the recordings directory should be.
+    let blocker = d.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    ctx.recording_dir = Some(blocker);
+    let mut c = client(ctx).await;
+    let mut req = get("/api/v1/namespaces/dev/pods/web/exec?command=sh");
+    let h = req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static("v5.channel.k8s.io"),
+    );
+    let res = c.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body_text(res).await.contains("cannot be recorded"));
+    assert!(seen.lock().unwrap().is_empty());
+    let r = rows(&store, 1).await;
+    assert_eq!(r[0].status, Some(500));
+    assert!(r[0].reason.contains("recording failed"), "{}", r[0].reason);
+}
+
+#[tokio::test]
+async fn unknown_stream_protocol_is_refused_when_recording() {
+    let (port, _seen) = upstream().await;
+    let (mut ctx, store, d) = ctx(port, Decision::allow("allow"), None).await;
+    ctx.recording_dir = Some(d.path().join("rec"));
+    let mut c = client(ctx).await;
+    let mut req = get("/api/v1/namespaces/dev/pods/web/attach");
+    let h = req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    // The (mirroring) upstream picks this unreadable subprotocol.
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static("x-private.example"),
+    );
+    let res = c.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(rows(&store, 1).await[0].decision, "deny");
+}
