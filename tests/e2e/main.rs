@@ -7,3 +7,6 @@
 mod policy;
 #[path = "../support/mod.rs"]
 mod support;
+
+mod deploy;
+mod kubeapi;
