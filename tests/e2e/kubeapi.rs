@@ -5,10 +5,7 @@
 //! `direct-tcpip` channel: an accept loop calling `serve_connection`.
 //!
 //! Policies are written in the docs/policy.md format and evaluated by the
-//! real engine. Tests marked `needs the policy engine` rely on an `allow` or
-//! `approve` kube rule; the placeholder `Policy::kube` on this branch denies
-//! everything, so they are ignored until the policy branch is merged (then
-//! `policy_engine` below loads the directory and the `#[ignore]`s go).
+//! real engine (`Policy::load_dir`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -53,16 +50,11 @@ approve = [{ verbs = ["delete"], resources = ["pods"], namespaces = ["dev"] }]
 "#;
 
 /// The real policy engine over a directory holding `POLICY`.
-///
-/// TODO(lead): once the policy branch is on main, replace the body's last
-/// line with `Arc::new(PolicyHandle::new(Policy::load_dir(&pdir).unwrap()))`
-/// and drop the six `#[ignore]`s below (verified: all nine tests pass
-/// with the policy branch's engine merged in).
 fn policy_engine(dir: &std::path::Path) -> Arc<dyn KubeAuthorizer> {
     let pdir = dir.join("policies");
     std::fs::create_dir_all(&pdir).unwrap();
     std::fs::write(pdir.join("copilot.toml"), POLICY).unwrap();
-    Arc::new(PolicyHandle::new(Policy::default()))
+    Arc::new(PolicyHandle::new(Policy::load_dir(&pdir).unwrap()))
 }
 
 /// An approver standing in for a human: answers `answer`, remembers the ask.
@@ -402,7 +394,6 @@ fn kubeapi_non_resource_paths_are_refused_discovery_is_served() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (branch policy): placeholder Policy::kube denies all"]
 fn kubeapi_kubectl_get_pods_is_impersonated_and_client_credentials_stripped() {
     let p = Proxy::start(None, Limits::default());
     // kubectl is given its own token and asks to impersonate an admin.
@@ -471,7 +462,6 @@ fn kubeapi_kubectl_get_pods_is_impersonated_and_client_credentials_stripped() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (branch policy): placeholder Policy::kube denies all"]
 fn kubeapi_forged_headers_in_raw_requests_are_stripped() {
     let p = Proxy::start(None, Limits::default());
     let out = p.raw(
@@ -503,7 +493,6 @@ fn kubeapi_forged_headers_in_raw_requests_are_stripped() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (branch policy): placeholder Policy::kube denies all"]
 fn kubeapi_kubectl_logs_follow_streams_through() {
     let p = Proxy::start(None, Limits::default());
     let mut cmd = p.kubectl_cmd(&["logs", "-f", "web-1"]);
@@ -548,7 +537,6 @@ fn kubeapi_kubectl_logs_follow_streams_through() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (branch policy): placeholder Policy::kube denies all"]
 fn kubeapi_kubectl_exec_upgrade_passes_through() {
     let p = Proxy::start(None, Limits::default());
     let r = p
@@ -587,7 +575,6 @@ fn kubeapi_kubectl_exec_upgrade_passes_through() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (branch policy): placeholder Policy::kube denies all"]
 fn kubeapi_delete_waits_for_approval() {
     // Refused by the approver: nothing reaches the API server.
     let p = Proxy::start(Some(false), Limits::default());
@@ -649,7 +636,6 @@ fn kubeapi_delete_waits_for_approval() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (branch policy): placeholder Policy::kube denies all"]
 fn kubeapi_kubectl_exec_it_with_a_tty_is_recorded() {
     let p = Proxy::start(None, Limits::default());
     // A real terminal for kubectl (`script` allocates a pty); Ctrl-D makes
