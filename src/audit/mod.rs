@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 /// Migrations in order; the schema version is the number applied.
+pub mod api;
 pub mod certs;
 
 const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("migrations/0001_init.sql"))];

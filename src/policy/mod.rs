@@ -204,8 +204,29 @@ impl Policy {
     }
 
     /// What certificate may this identity get? `Err` carries the denial.
-    pub fn issue(&self, _id: &Identity) -> Result<IssueGrant, Decision> {
-        Err(Decision::deny("no role matched (default deny)"))
+    pub fn issue(&self, id: &Identity) -> Result<IssueGrant, Decision> {
+        // PLACEHOLDER (oidc branch): until the policy engine lands, every
+        // identity whose subject yields a login name gets a certificate for
+        // that name: 15 min for humans, 10 min for agents, no forwarding;
+        // agents may carry delegation.
+        let principal: String = id
+            .subject
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            .take(32)
+            .collect();
+        if principal.is_empty() || principal.starts_with('-') {
+            return Err(Decision::deny("no role matched (default deny)"));
+        }
+        let agent = id.kind == crate::identity::Kind::Agent;
+        Ok(IssueGrant {
+            principals: vec![principal],
+            ttl: Duration::from_secs(if agent { 600 } else { 900 }),
+            permit_pty: true,
+            permit_port_forwarding: false,
+            allow_on_behalf_of: agent,
+            reason: "builtin placeholder role (oidc branch)".into(),
+        })
     }
 
     /// May `approver` decide a request made by `requester`? Never themselves.
