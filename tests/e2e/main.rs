@@ -6,3 +6,7 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod krl;
+mod login;
+mod oidc;
