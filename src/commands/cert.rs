@@ -21,16 +21,16 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false, id = "target")]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "key_id", "subject"])))]
 pub struct RevokeArgs {
     /// Certificate serial (see `cert list`).
-    #[arg(long, group = "target")]
+    #[arg(long)]
     pub serial: Option<u64>,
     /// Certificate key id, e.g. `oidc:corp:alice@example.com`.
-    #[arg(long, group = "target", value_name = "ID")]
+    #[arg(long, value_name = "ID")]
     pub key_id: Option<String>,
     /// Every certificate of this token subject, past and future.
-    #[arg(long, group = "target", value_name = "SUB")]
+    #[arg(long, value_name = "SUB")]
     pub subject: Option<String>,
     /// Why (recorded, shown in login rejections).
     #[arg(long)]

@@ -51,7 +51,14 @@ impl Idp {
 
     pub fn post(&self, path: &str, body: Value) -> Value {
         let out = Command::new("curl")
-            .args(["-sS", "-f", "-X", "POST", "-H", "content-type: application/json"])
+            .args([
+                "-sS",
+                "-f",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+            ])
             .arg("--data-binary")
             .arg(body.to_string())
             .arg(format!("{}{path}", self.base))
@@ -127,7 +134,7 @@ impl Idp {
 pub struct Api {
     pub rt: tokio::runtime::Runtime,
     pub port: u16,
-    pub dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
     pub config: PathBuf,
     pub store: Store,
     pub keys: Arc<CaKeys>,
@@ -147,12 +154,7 @@ impl Api {
         Self::start_with(idp, Limits::default(), Duration::ZERO, None)
     }
 
-    pub fn start_with(
-        idp: &Idp,
-        limits: Limits,
-        cooldown: Duration,
-        ssh_port: Option<u16>,
-    ) -> Api {
+    pub fn start_with(idp: &Idp, limits: Limits, cooldown: Duration, ssh_port: Option<u16>) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -169,7 +171,10 @@ impl Api {
         let config = dir.path().join("sallyport.toml");
         std::fs::write(
             &config,
-            format!("data_dir = {:?}\n[api]\nlisten = \"off\"\n", data.display().to_string()),
+            format!(
+                "data_dir = {:?}\n[api]\nlisten = \"off\"\n",
+                data.display().to_string()
+            ),
         )
         .unwrap();
         let verifier = Verifier::new(&issuers)
@@ -194,7 +199,7 @@ impl Api {
         Api {
             rt,
             port,
-            dir,
+            _dir: dir,
             config,
             store,
             keys,
@@ -233,16 +238,16 @@ impl Api {
 
     pub fn get(&self, path: &str) -> Value {
         let url = format!("{}{path}", self.url());
-        self.rt.block_on(async move {
-            reqwest::get(url).await.unwrap().json().await.unwrap()
-        })
+        self.rt
+            .block_on(async move { reqwest::get(url).await.unwrap().json().await.unwrap() })
     }
 
     /// Run a sallyport CLI command on this data dir.
     pub fn cli(&self, args: &[&str]) -> support::Run {
         let mut cmd = Command::new(support::bin());
         cmd.arg("--config").arg(&self.config).args(args);
-        cmd.env_remove("SALLYPORT_DATA_DIR").env_remove("SALLYPORT_CONFIG");
+        cmd.env_remove("SALLYPORT_DATA_DIR")
+            .env_remove("SALLYPORT_CONFIG");
         support::run_cmd(cmd, None, Duration::from_secs(60), String::new())
     }
 }
@@ -259,8 +264,17 @@ pub fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
 pub fn keygen_l(dir: &Path, cert: &str) -> String {
     let f = dir.join(format!("show-{}-cert.pub", support::free_port()));
     std::fs::write(&f, format!("{cert}\n")).unwrap();
-    let out = Command::new("ssh-keygen").arg("-L").arg("-f").arg(&f).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -282,7 +296,12 @@ fn bad_inputs_get_4xx_json_reason_and_audit_row() {
 
     let body = json!({ "public_key": good_key });
     let token_cases: Vec<(&str, String, u16, &str)> = vec![
-        ("alg none", idp.mint(json!({"alg": "none"})), 401, "disallowed_alg"),
+        (
+            "alg none",
+            idp.mint(json!({"alg": "none"})),
+            401,
+            "disallowed_alg",
+        ),
         (
             "HS256 keyed with the RSA public key",
             idp.mint(json!({"alg": "HS256"})),
@@ -319,10 +338,30 @@ fn bad_inputs_get_4xx_json_reason_and_audit_row() {
             401,
             "token_issued_in_future",
         ),
-        ("bad signature", idp.mint(json!({"tamper": true})), 401, "bad_signature"),
-        ("unknown kid", idp.mint(json!({"kid": "no-such-kid"})), 401, "unknown_kid"),
-        ("key rotated out of the JWKS", rotated_token, 401, "unknown_kid"),
-        ("not a JWT", "definitely-not-a-jwt".into(), 401, "malformed_token"),
+        (
+            "bad signature",
+            idp.mint(json!({"tamper": true})),
+            401,
+            "bad_signature",
+        ),
+        (
+            "unknown kid",
+            idp.mint(json!({"kid": "no-such-kid"})),
+            401,
+            "unknown_kid",
+        ),
+        (
+            "key rotated out of the JWKS",
+            rotated_token,
+            401,
+            "unknown_kid",
+        ),
+        (
+            "not a JWT",
+            "definitely-not-a-jwt".into(),
+            401,
+            "malformed_token",
+        ),
         (
             "identity no policy matches",
             idp.mint(json!({"claims": {"sub": "@@@"}})),
@@ -339,8 +378,15 @@ fn bad_inputs_get_4xx_json_reason_and_audit_row() {
     let mut expected_rows = 0;
     for (what, token, status, code) in &token_cases {
         let (s, v) = api.request(token, body.clone());
-        assert_eq!((s, v["error"].as_str()), (*status, Some(*code)), "{what}: {v}");
-        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {v}");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (*status, Some(*code)),
+            "{what}: {v}"
+        );
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
         expected_rows += 1;
     }
 
@@ -371,32 +417,64 @@ fn bad_inputs_get_4xx_json_reason_and_audit_row() {
     );
     let read_pub = |p: &Path| std::fs::read_to_string(format!("{}.pub", p.display())).unwrap();
     let key_cases: Vec<(&str, String, u16, &str)> = vec![
-        ("malformed key", "ssh-ed25519 AAAA!!!".into(), 400, "malformed_public_key"),
+        (
+            "malformed key",
+            "ssh-ed25519 AAAA!!!".into(),
+            400,
+            "malformed_public_key",
+        ),
         ("empty key", "".into(), 400, "malformed_public_key"),
         ("RSA 1024", read_pub(&rsa1024), 400, "weak_public_key"),
         ("DSA", read_pub(&dsa), 400, "weak_public_key"),
-        ("certificate instead of key", cert, 400, "certificate_not_key"),
+        (
+            "certificate instead of key",
+            cert,
+            400,
+            "certificate_not_key",
+        ),
     ];
     for (what, key, status, code) in &key_cases {
         let (s, v) = api.request(&good, json!({ "public_key": key }));
-        assert_eq!((s, v["error"].as_str()), (*status, Some(*code)), "{what}: {v}");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (*status, Some(*code)),
+            "{what}: {v}"
+        );
         expected_rows += 1;
     }
     let raw_cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
-        ("no token", None, body.to_string().into_bytes(), 401, "missing_token"),
-        ("oversized body", Some(&good), vec![b' '; 200 * 1024], 413, "body_too_large"),
+        (
+            "no token",
+            None,
+            body.to_string().into_bytes(),
+            401,
+            "missing_token",
+        ),
+        (
+            "oversized body",
+            Some(&good),
+            vec![b' '; 200 * 1024],
+            413,
+            "body_too_large",
+        ),
         ("not JSON", Some(&good), b"{nope".to_vec(), 400, "bad_json"),
         (
             "unknown field",
             Some(&good),
-            json!({"public_key": good_key, "ttl": "10y"}).to_string().into_bytes(),
+            json!({"public_key": good_key, "ttl": "10y"})
+                .to_string()
+                .into_bytes(),
             400,
             "bad_json",
         ),
     ];
     for (what, token, raw, status, code) in raw_cases {
         let (s, v) = api.post_raw(token, raw);
-        assert_eq!((s, v["error"].as_str()), (status, Some(code)), "{what}: {v}");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (status, Some(code)),
+            "{what}: {v}"
+        );
         expected_rows += 1;
     }
 
@@ -454,7 +532,11 @@ fn unknown_kids_refetch_at_most_once_per_cooldown() {
         );
         assert_eq!((s, v["error"].as_str()), (401, Some("unknown_kid")));
     }
-    assert_eq!(idp.jwks_fetches(), before, "cooldown must stop refetch floods");
+    assert_eq!(
+        idp.jwks_fetches(),
+        before,
+        "cooldown must stop refetch floods"
+    );
 }
 
 #[test]
@@ -512,12 +594,26 @@ fn cert_fields_identity_extension_and_ttl_cap() {
     assert_eq!(v["valid_before"].as_i64(), Some(now + 300));
     assert!(v["valid_after"].as_i64().unwrap() <= now - 59);
     assert_eq!(v["key_id"], "oidc:corp:alice");
-    assert!(v["known_hosts"].as_str().unwrap().starts_with("@cert-authority * "));
-    assert_eq!(v["user_ca"].as_str().unwrap(), api.keys.user_ca_line().unwrap());
+    assert!(
+        v["known_hosts"]
+            .as_str()
+            .unwrap()
+            .starts_with("@cert-authority * ")
+    );
+    assert_eq!(
+        v["user_ca"].as_str().unwrap(),
+        api.keys.user_ca_line().unwrap()
+    );
     let shown = keygen_l(dir.path(), v["certificate"].as_str().unwrap());
-    assert!(shown.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"), "{shown}");
+    assert!(
+        shown.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"),
+        "{shown}"
+    );
     assert!(shown.contains("Key ID: \"oidc:corp:alice\""), "{shown}");
-    assert!(shown.contains(&format!("Serial: {}", v["serial"])), "{shown}");
+    assert!(
+        shown.contains(&format!("Serial: {}", v["serial"])),
+        "{shown}"
+    );
     assert!(shown.contains("identity@sallyport"), "{shown}");
     assert!(shown.contains("permit-pty"), "{shown}");
     assert!(!shown.contains("permit-port-forwarding"), "{shown}");
@@ -566,7 +662,10 @@ fn kubernetes_service_account_token_and_delegation() {
     };
     let (s, v) = api.request(&sa(json!({})), json!({"public_key": key}));
     assert_eq!(s, 200, "{v}");
-    assert_eq!(v["key_id"], "oidc:cluster:system:serviceaccount:dev:copilot");
+    assert_eq!(
+        v["key_id"],
+        "oidc:cluster:system:serviceaccount:dev:copilot"
+    );
     let cert = russh::keys::ssh_key::Certificate::from_openssh(v["certificate"].as_str().unwrap())
         .unwrap();
     let id: sallyport::identity::Identity =
@@ -574,10 +673,17 @@ fn kubernetes_service_account_token_and_delegation() {
     assert_eq!(id.kind, sallyport::identity::Kind::Agent);
     let k = id.kube.unwrap();
     assert_eq!(
-        (k.namespace.as_str(), k.service_account.as_str(), k.pod.as_deref()),
+        (
+            k.namespace.as_str(),
+            k.service_account.as_str(),
+            k.pod.as_deref()
+        ),
         ("dev", "copilot", Some("copilot-7d9"))
     );
-    assert_eq!(v["valid_before"].as_u64().unwrap() - v["valid_after"].as_u64().unwrap(), 660);
+    assert_eq!(
+        v["valid_before"].as_u64().unwrap() - v["valid_after"].as_u64().unwrap(),
+        660
+    );
 
     // RFC 8693 `act`: the agent acts for alice; policy accepts delegation for agents.
     let (s, v) = api.request(
@@ -587,7 +693,10 @@ fn kubernetes_service_account_token_and_delegation() {
     assert_eq!(s, 200, "{v}");
     // ssh-keygen shows the extension's wire bytes in hex.
     let shown = keygen_l(dir.path(), v["certificate"].as_str().unwrap());
-    assert!(shown.contains(&hex::encode("\"on_behalf_of\":\"alice@example.com\"")), "{shown}");
+    assert!(
+        shown.contains(&hex::encode("\"on_behalf_of\":\"alice@example.com\"")),
+        "{shown}"
+    );
     // A second token naming the human.
     let human = idp.mint(json!({"claims": {"sub": "bob", "email": "bob@example.com"}}));
     let (s, v) = api.request(
@@ -605,14 +714,27 @@ fn kubernetes_service_account_token_and_delegation() {
         &sa(json!({})),
         json!({"public_key": key, "on_behalf_of_token": idp.mint(json!({"tamper": true}))}),
     );
-    assert_eq!((s, v["error"].as_str()), (401, Some("bad_signature")), "{v}");
-    assert!(v["message"].as_str().unwrap().contains("on_behalf_of_token"));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (401, Some("bad_signature")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("on_behalf_of_token")
+    );
     // Humans may not delegate under the placeholder policy.
     let (s, v) = api.request(
         &idp.mint(json!({"claims": {"act": {"sub": "eve"}}})),
         json!({"public_key": key}),
     );
-    assert_eq!((s, v["error"].as_str()), (403, Some("delegation_denied")), "{v}");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (403, Some("delegation_denied")),
+        "{v}"
+    );
 }
 
 #[test]
@@ -638,7 +760,10 @@ fn ca_login_config_and_health_endpoints() {
     let api = Api::start_with(&idp, Limits::default(), Duration::ZERO, Some(2222));
     assert_eq!(api.get("/healthz")["ok"], true);
     let ca = api.get("/v1/ca");
-    assert_eq!(ca["user_ca"].as_str().unwrap(), api.keys.user_ca_line().unwrap());
+    assert_eq!(
+        ca["user_ca"].as_str().unwrap(),
+        api.keys.user_ca_line().unwrap()
+    );
     let lc = api.get("/v1/login-config");
     assert_eq!(lc["ssh_port"], 2222);
     let corp = &lc["issuers"][0];
