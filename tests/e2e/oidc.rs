@@ -442,7 +442,8 @@ fn bad_inputs_get_4xx_json_reason_and_audit_row() {
         );
         expected_rows += 1;
     }
-    let raw_cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    type RawCase<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let raw_cases: Vec<RawCase> = vec![
         (
             "no token",
             None,
