@@ -453,6 +453,42 @@ mod tests {
         assert_eq!(iss.issue(&r).unwrap().principals, vec!["alice".to_string()]);
     }
 
+    #[tokio::test]
+    async fn host_cert_renewed_by_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        // A 1-second validity is past two thirds of its life at once (the
+        // certificate is back-dated 5 minutes for skew): the task re-signs.
+        let first = CaKeys::load_or_create(&k, Duration::from_secs(1), &[]).unwrap();
+        let first_serial = first.host_cert.serial();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(renew_host_cert(
+            k.clone(),
+            Duration::from_secs(1),
+            vec![],
+            first,
+            move |keys| {
+                let _ = tx.send(keys.host_cert.serial());
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let renewed = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(renewed, first_serial);
+        let on_disk = CaKeys::load_existing(&k).unwrap();
+        assert_eq!(on_disk.host_cert.serial(), renewed);
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     #[test]
     fn host_cert_renewal_point() {
         let (_d, iss) = issuer();

@@ -264,3 +264,54 @@ fn device_flow_login_then_ssh_bastion_via_written_config() {
     assert_eq!(rec[0].identity["email"], "ops@example.com");
     assert_eq!(rec[0].identity["groups"], json!(["sre"]));
 }
+
+#[test]
+fn login_over_tls_trusting_a_ca_file() {
+    let idp = Idp::start();
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (work.path().join("api.crt"), work.path().join("api.key"));
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let api = Api::start_tls(&idp, &cert, &key);
+    assert!(api.url().starts_with("https://"));
+    let tf = work.path().join("token");
+    std::fs::write(&tf, idp.mint(json!({"claims": {"sub": "alice"}}))).unwrap();
+    let out = work.path().join("out");
+    // Without trusting the API's certificate: refused, nothing written.
+    let mut c = login_cmd(&api, &out, 22);
+    c.arg("--token-file").arg(&tf);
+    support::run_cmd(c, None, Duration::from_secs(60), String::new()).failure();
+    assert!(!out.join("id_ed25519-cert.pub").exists());
+    let mut c = login_cmd(&api, &out, 22);
+    c.arg("--token-file").arg(&tf).arg("--ca-file").arg(&cert);
+    let r = support::run_cmd(c, None, Duration::from_secs(60), String::new()).success();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
+    assert_eq!(v["key_id"], "oidc:corp:alice");
+}

@@ -134,6 +134,7 @@ impl Idp {
 pub struct Api {
     pub rt: tokio::runtime::Runtime,
     pub port: u16,
+    pub scheme: &'static str,
     pub _dir: tempfile::TempDir,
     pub config: PathBuf,
     pub store: Store,
@@ -155,6 +156,27 @@ impl Api {
     }
 
     pub fn start_with(idp: &Idp, limits: Limits, cooldown: Duration, ssh_port: Option<u16>) -> Api {
+        Self::start_full(idp, limits, cooldown, ssh_port, None)
+    }
+
+    /// Serve HTTPS with this PEM certificate and key.
+    pub fn start_tls(idp: &Idp, cert: &Path, key: &Path) -> Api {
+        Self::start_full(
+            idp,
+            Limits::default(),
+            Duration::ZERO,
+            None,
+            Some((cert.to_path_buf(), key.to_path_buf())),
+        )
+    }
+
+    fn start_full(
+        idp: &Idp,
+        limits: Limits,
+        cooldown: Duration,
+        ssh_port: Option<u16>,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -193,12 +215,22 @@ impl Api {
             .unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        rt.spawn(sallyport::api::serve(state, listener, async move {
+        let shutdown = async move {
             let _ = rx.await;
-        }));
+        };
+        match &tls {
+            None => {
+                rt.spawn(sallyport::api::serve(state, listener, shutdown));
+            }
+            Some((c, k)) => {
+                let cfg = sallyport::api::tls_config(c, k).unwrap();
+                rt.spawn(sallyport::api::serve_tls(state, listener, cfg, shutdown));
+            }
+        }
         Api {
             rt,
             port,
+            scheme: if tls.is_some() { "https" } else { "http" },
             _dir: dir,
             config,
             store,
@@ -208,7 +240,7 @@ impl Api {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// POST /v1/certificates with a raw body; returns (status, JSON body).
@@ -777,4 +809,6 @@ fn ca_login_config_and_health_endpoints() {
     assert_eq!(lc["issuers"][1]["kind"], "kubernetes");
     let nf = api.get("/v1/nope");
     assert_eq!(nf["error"], "not_found");
+    let na = api.get("/v1/certificates");
+    assert_eq!(na["error"], "method_not_allowed");
 }
