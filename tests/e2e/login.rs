@@ -269,36 +269,72 @@ fn device_flow_login_then_ssh_bastion_via_written_config() {
 fn login_over_tls_trusting_a_ca_file() {
     let idp = Idp::start();
     let work = tempfile::tempdir().unwrap();
-    let (cert, key) = (work.path().join("api.crt"), work.path().join("api.key"));
-    let st = Command::new("openssl")
-        .args([
+    let d = work.path();
+    let (ca, cert, key) = (d.join("ca.crt"), d.join("api.crt"), d.join("api.key"));
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for args in [
+        vec![
             "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
             "-days",
             "1",
             "-subj",
+            "/CN=sallyport test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+        vec![
+            "req",
+            "-subj",
             "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+            "-keyout",
+            "api.key",
+            "-out",
+            "api.csr",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "api.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+            "-out",
+            "api.crt",
+        ],
+    ] {
+        let mut c = Command::new("openssl");
+        c.current_dir(d).arg(args[0]);
+        if args[0] == "req" {
+            c.args(ec);
+        }
+        let st = c.args(&args[1..]).output().unwrap();
+        assert!(
+            st.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
     let api = Api::start_tls(&idp, &cert, &key);
     assert!(api.url().starts_with("https://"));
     let tf = work.path().join("token");
@@ -310,7 +346,7 @@ fn login_over_tls_trusting_a_ca_file() {
     support::run_cmd(c, None, Duration::from_secs(60), String::new()).failure();
     assert!(!out.join("id_ed25519-cert.pub").exists());
     let mut c = login_cmd(&api, &out, 22);
-    c.arg("--token-file").arg(&tf).arg("--ca-file").arg(&cert);
+    c.arg("--token-file").arg(&tf).arg("--ca-file").arg(&ca);
     let r = support::run_cmd(c, None, Duration::from_secs(60), String::new()).success();
     let v: serde_json::Value = serde_json::from_str(&r.stdout()).unwrap();
     assert_eq!(v["key_id"], "oidc:corp:alice");
