@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 /// Migrations in order; the schema version is the number applied.
+pub mod api;
 pub mod certs;
 pub mod connections;
 pub mod events;

@@ -6,8 +6,12 @@
 //! - [`keys`]: the key files under `<data_dir>/keys` and their permissions.
 //! - [`sign`]: building and signing user and host certificates.
 //! - [`verify`]: the checks a presented user certificate must pass.
+//! - [`issue`]: certificates for verified tokens (policy, TTL cap, audit); host cert renewal.
+//! - [`krl`]: OpenSSH KRL export.
 
+pub mod issue;
 pub mod keys;
+pub mod krl;
 pub mod sign;
 pub mod verify;
 

@@ -21,6 +21,18 @@ pub enum Command {
     ///
     /// Example: sallyport ca sign --public-key ~/.ssh/id_ed25519.pub --principal alice --identity alice --ttl 15m
     Sign(SignArgs),
+    /// Write an OpenSSH KRL of every revoked certificate (for sshd's RevokedKeys
+    /// on targets, and `ssh-keygen -Q`).
+    ///
+    /// Example: sallyport ca krl -o /etc/ssh/sallyport.krl
+    Krl(KrlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KrlArgs {
+    /// Where to write the KRL (replaced atomically).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +95,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Show(a) => show(g, a),
         Command::Sign(a) => sign(g, a),
+        Command::Krl(a) => krl(g, a),
     }
 }
 
@@ -195,5 +208,30 @@ fn sign(g: &Global, a: SignArgs) -> anyhow::Result<ExitCode> {
             out.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn krl(g: &Global, a: KrlArgs) -> anyhow::Result<ExitCode> {
+    let cfg = g.load_config()?;
+    let keys = crate::ca::CaKeys::load_existing(&cfg.data_dir.join("keys"))
+        .context("cannot load the CA keys (has `sallyport serve` run with this data dir?)")?;
+    let store = open_store(&cfg)?;
+    let revoked = store.revoked().context("cannot read revocations")?;
+    let now = crate::ca::keys::unix_now();
+    let contents = crate::ca::krl::KrlContents {
+        serials: revoked.serials.clone(),
+        key_ids: revoked.key_ids.clone(),
+    };
+    let bytes = crate::ca::krl::encode(keys.user_ca_public(), &contents, now, now, "sallyport")?;
+    let tmp = PathBuf::from(format!("{}.tmp", a.output.display()));
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.output)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    eprintln!(
+        "wrote {} ({} serial(s), {} key id(s))",
+        a.output.display(),
+        contents.serials.len(),
+        contents.key_ids.len()
+    );
     Ok(ExitCode::SUCCESS)
 }

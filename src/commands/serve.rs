@@ -60,6 +60,15 @@ pub async fn run(g: &Global, _args: Args) -> anyhow::Result<ExitCode> {
         policy_dir,
         shutdown.clone().cancelled_owned(),
     );
+    let api = crate::api::start(
+        &cfg,
+        Arc::new(keys.clone()),
+        store.clone(),
+        policy.clone(),
+        shutdown.clone().cancelled_owned(),
+    )
+    .await
+    .context("cannot start the HTTP API (api.listen)")?;
     let listen = cfg.ssh.listen;
     let shared = Arc::new(
         Shared::new(cfg, keys, store, policy, account, shutdown.clone())
@@ -88,6 +97,9 @@ pub async fn run(g: &Global, _args: Args) -> anyhow::Result<ExitCode> {
         sig.cancel();
     });
     crate::ssh::serve(shared, listener).await?;
+    if let Some((_, task)) = api {
+        let _ = task.await;
+    }
     tracing::info!("shutdown complete");
     Ok(ExitCode::SUCCESS)
 }

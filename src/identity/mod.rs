@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod kube;
+pub mod oidc;
+
 /// Name of the certificate extension that carries the JSON-encoded [`Identity`].
 pub const CERT_EXTENSION: &str = "identity@sallyport";
 

@@ -9,4 +9,7 @@ mod policy;
 mod support;
 
 mod deploy;
+mod krl;
 mod kubeapi;
+mod login;
+mod oidc;
