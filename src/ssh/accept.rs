@@ -260,17 +260,21 @@ async fn connection(
             "client closed before authenticating".into()
         }
     });
-    if !authed && probe.attempts() == 0 {
+    if !authed {
         // russh refuses expired, not-yet-valid and badly signed certificates
         // before the handler sees them, so the verifier never wrote a row for
-        // those: leave one here so every failed login is in the audit log.
+        // those: this closing row makes every failed login visible.
         let _ = store.record_auth_attempt(&crate::audit::connections::AuthAttempt {
             connection_id: &conn_id,
             peer: &peer.to_string(),
             user: &probe.last_user(),
             method: "publickey",
             accepted: false,
-            reason: &format!("not authenticated: {reason}"),
+            reason: &format!(
+                "not authenticated: {reason} ({} credential(s) judged by sallyport; \
+                 certificates outside their validity window are refused inside russh)",
+                probe.attempts()
+            ),
             ..Default::default()
         });
     }

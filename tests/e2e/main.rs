@@ -6,3 +6,7 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod auth;
+mod core;
+mod sessions;
