@@ -71,6 +71,9 @@ impl Authed {
     }
 }
 
+/// `env` requests accepted so far on a channel.
+type EnvList = Vec<(String, String)>;
+
 enum Chan {
     /// Opened; collecting pty-req and env before shell/exec.
     Pending {
@@ -138,7 +141,10 @@ impl ConnHandler {
     /// Record a refused request and log it.
     fn denied(&self, detail: &str, reason: &str) {
         let subject = self.authed.as_ref().map(|a| a.identity.subject.as_str());
-        tracing::info!(subject = subject.unwrap_or(""), "request denied: {detail}: {reason}");
+        tracing::info!(
+            subject = subject.unwrap_or(""),
+            "request denied: {detail}: {reason}"
+        );
         if let Err(e) = self.shared.store.record_event(&Event {
             connection_id: Some(&self.conn_id),
             kind: "request-denied",
@@ -168,7 +174,7 @@ impl ConnHandler {
         self.authed = Some(authed);
     }
 
-    fn pending_mut(&mut self, ch: ChannelId) -> Option<(&mut Option<PtyReq>, &mut Vec<(String, String)>)> {
+    fn pending_mut(&mut self, ch: ChannelId) -> Option<(&mut Option<PtyReq>, &mut EnvList)> {
         match self.channels.get_mut(&ch) {
             Some(Chan::Pending { pty, env }) => Some((pty, env)),
             _ => None,
@@ -176,7 +182,12 @@ impl ConnHandler {
     }
 
     /// Start a shell or exec on `ch`, replying success or failure.
-    fn start(&mut self, ch: ChannelId, command: Option<String>, session: &mut Session) -> Result<(), russh::Error> {
+    fn start(
+        &mut self,
+        ch: ChannelId,
+        command: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         let Some(authed) = self.authed.clone() else {
             return session.channel_failure(ch);
         };
@@ -362,7 +373,9 @@ impl Handler for ConnHandler {
         let id = channel.id();
         drop(channel);
         if self.authed.is_none() {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         let max = self.shared.config.ssh.max_channels;
@@ -401,7 +414,9 @@ impl Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         drop(channel);
         self.denied("x11 channel", "X11 forwarding is not offered");
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -422,7 +437,9 @@ impl Handler for ConnHandler {
             &format!("direct-tcpip {host_to_connect}:{port_to_connect}"),
             "port forwarding is not enabled on this bastion",
         );
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -441,7 +458,9 @@ impl Handler for ConnHandler {
             &format!("forwarded-tcpip {host_to_connect}:{port_to_connect}"),
             "clients may not open forwarded-tcpip channels",
         );
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -457,7 +476,9 @@ impl Handler for ConnHandler {
             &format!("direct-streamlocal {socket_path}"),
             "unix socket forwarding is not offered",
         );
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -605,7 +626,8 @@ impl Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(Chan::Running(c)) = self.channels.get(&channel) {
-            c.input(Input::Data(bytes::Bytes::copy_from_slice(data))).await;
+            c.input(Input::Data(bytes::Bytes::copy_from_slice(data)))
+                .await;
         }
         Ok(())
     }

@@ -34,7 +34,10 @@ fn assert_rejected(s: &Server, u: &User, login: &str, reason: &str) {
     .unwrap_or_else(|| {
         panic!(
             "no rejection row containing {reason:?}: {:?}\n{}",
-            query_db(&s.db_path(), "SELECT result, reason, user FROM auth_attempts"),
+            query_db(
+                &s.db_path(),
+                "SELECT result, reason, user FROM auth_attempts"
+            ),
             s.log()
         )
     });
@@ -148,13 +151,24 @@ fn good_certificate_logs_in_and_pty_needs_permit_pty() {
         &s.db_path(),
         "SELECT result, method, key_id FROM auth_attempts WHERE result = 'accepted'",
     );
-    assert_eq!(rows, vec![vec!["accepted".to_string(), "certificate".into(), "oidc:local:alice".into()]]);
+    assert_eq!(
+        rows,
+        vec![vec![
+            "accepted".to_string(),
+            "certificate".into(),
+            "oidc:local:alice".into()
+        ]]
+    );
 
     // Without permit-pty: the pty request is refused (and audited); with
     // -tt OpenSSH treats that as fatal.
     let np = s.user("nopty", &["--no-pty"]);
     let r = s.run_ssh(&np, &["-tt", "echo ran"], None);
-    assert!(r.stderr().contains("PTY allocation request failed"), "{}", r.explain());
+    assert!(
+        r.stderr().contains("PTY allocation request failed"),
+        "{}",
+        r.explain()
+    );
     assert!(!r.stdout().contains("ran"), "{}", r.explain());
     // Without a pty request the same certificate runs commands.
     let r = s.run_ssh(&np, &["echo ran"], None).success();
@@ -169,7 +183,10 @@ fn good_certificate_logs_in_and_pty_needs_permit_pty() {
 #[test]
 fn force_command_replaces_the_request() {
     let s = Server::start();
-    let u = s.user("alice", &["--force-command", "echo forced:$SSH_ORIGINAL_COMMAND"]);
+    let u = s.user(
+        "alice",
+        &["--force-command", "echo forced:$SSH_ORIGINAL_COMMAND"],
+    );
     let r = s.run_ssh(&u, &["echo asked"], None).success();
     assert_eq!(r.stdout(), "forced:echo asked\n", "{}", r.explain());
 }

@@ -36,7 +36,11 @@ fn exec_status_stdout_stderr_and_stdin() {
     let sid = lines.next().unwrap().to_string();
     assert_eq!(sid.len(), 36, "{}", r.explain());
     let nvars: usize = lines.next().unwrap().trim().parse().unwrap();
-    assert!(nvars < 15, "environment not built from scratch:\n{}", r.explain());
+    assert!(
+        nvars < 15,
+        "environment not built from scratch:\n{}",
+        r.explain()
+    );
 }
 
 #[test]
@@ -71,10 +75,15 @@ fn refused_requests_are_audited() {
         s.log()
     );
     assert!(
-        details.iter().any(|d| d.starts_with("direct-tcpip 127.0.0.1:22")),
+        details
+            .iter()
+            .any(|d| d.starts_with("direct-tcpip 127.0.0.1:22")),
         "{rows:?}"
     );
-    assert!(rows.iter().all(|r| !r[1].is_empty()), "every denial has a reason: {rows:?}");
+    assert!(
+        rows.iter().all(|r| !r[1].is_empty()),
+        "every denial has a reason: {rows:?}"
+    );
 }
 
 #[test]
@@ -96,13 +105,22 @@ fn silent_garbage_and_half_open_clients_are_dropped_while_others_are_served() {
     let r = s.run_ssh(&u, &["echo still-serving"], None).success();
     assert_eq!(r.stdout(), "still-serving\n");
 
-    for (name, sock) in [("silent", &mut silent), ("half-open", &mut half), ("garbage", &mut garbage)] {
-        sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for (name, sock) in [
+        ("silent", &mut silent),
+        ("half-open", &mut half),
+        ("garbage", &mut garbage),
+    ] {
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut buf = Vec::new();
         // read_to_end returns once the server closed the connection; a
         // timeout error here means it was never dropped.
         let res = sock.read_to_end(&mut buf);
-        assert!(res.is_ok(), "{name} connection not dropped: {res:?}\n{}", s.log());
+        assert!(
+            res.is_ok(),
+            "{name} connection not dropped: {res:?}\n{}",
+            s.log()
+        );
         assert!(
             String::from_utf8_lossy(&buf).starts_with("SSH-2.0-sallyport"),
             "{name}: server version string expected, got {buf:?}"
@@ -145,7 +163,17 @@ fn pty_resize_reaches_the_shell_and_the_recording() {
         parts.extend(cmd.get_args().map(|a| format!("'{}'", a.to_string_lossy())));
         parts.join(" ")
     };
-    tmux(&["new-session", "-d", "-s", "t", "-x", "100", "-y", "30", &ssh_line]);
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "t",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &ssh_line,
+    ]);
     let size1 = dir.join("size1");
     let size2 = dir.join("size2");
     let read = |p: &std::path::Path| {
@@ -156,13 +184,25 @@ fn pty_resize_reaches_the_shell_and_the_recording() {
         })
         .unwrap_or_else(|| panic!("{} never written\n{}", p.display(), s.log()))
     };
-    tmux(&["send-keys", "-t", "t", &format!("stty size > {}", size1.display()), "Enter"]);
+    tmux(&[
+        "send-keys",
+        "-t",
+        "t",
+        &format!("stty size > {}", size1.display()),
+        "Enter",
+    ]);
     assert_eq!(read(&size1).trim(), "30 100");
     tmux(&["resize-window", "-t", "t", "-x", "120", "-y", "40"]);
     // Retry until the resize has reached the pty (no timing assumptions).
     let got = wait_for(Duration::from_secs(30), || {
         let _ = std::fs::remove_file(&size2);
-        tmux(&["send-keys", "-t", "t", &format!("stty size > {}", size2.display()), "Enter"]);
+        tmux(&[
+            "send-keys",
+            "-t",
+            "t",
+            &format!("stty size > {}", size2.display()),
+            "Enter",
+        ]);
         let t = read(&size2);
         (t.trim() == "40 120").then_some(t)
     });
@@ -196,7 +236,11 @@ fn pty_resize_reaches_the_shell_and_the_recording() {
 fn graceful_sigterm_ends_sessions_and_closes_rows() {
     let mut s = Server::start();
     let u = s.user("alice", &[]);
-    let client = Proc::spawn("ssh-long", s.ssh(&u, &["echo started; sleep 120"]), s.dir.path());
+    let client = Proc::spawn(
+        "ssh-long",
+        s.ssh(&u, &["echo started; sleep 120"]),
+        s.dir.path(),
+    );
     wait_for(Duration::from_secs(30), || {
         std::fs::read_to_string(&client.stdout)
             .ok()
@@ -216,7 +260,10 @@ fn graceful_sigterm_ends_sessions_and_closes_rows() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(!rows[0][0].is_empty(), "session row not closed: {rows:?}");
     assert_eq!(rows[0][1], "server shutdown", "{rows:?}");
-    let conns = query_db(&s.db_path(), "SELECT end_reason FROM connections WHERE user = 'alice'");
+    let conns = query_db(
+        &s.db_path(),
+        "SELECT end_reason FROM connections WHERE user = 'alice'",
+    );
     assert_eq!(conns, vec![vec!["server shutdown".to_string()]]);
 }
 

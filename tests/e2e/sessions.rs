@@ -9,8 +9,11 @@ use crate::support::*;
 fn recording_reproduces_client_output_and_sessions_lists_it() {
     let s = Server::start();
     let u = s.user("alice", &[]);
-    let r = s
-        .run_ssh(&u, &["printf 'line one\\nline two\\n'; printf 'ünïcødé ✓\\n'; exit 3"], None);
+    let r = s.run_ssh(
+        &u,
+        &["printf 'line one\\nline two\\n'; printf 'ünïcødé ✓\\n'; exit 3"],
+        None,
+    );
     assert_eq!(r.code(), Some(3), "{}", r.explain());
     s.run_ssh(&u, &["true"], None).success();
 
@@ -26,7 +29,10 @@ fn recording_reproduces_client_output_and_sessions_lists_it() {
     assert_eq!(first["subject"], "alice");
     assert_eq!(first["user"], "alice");
     assert_eq!(first["end_reason"], "exited");
-    assert_eq!(first["bytes_out"].as_i64().unwrap() as usize, r.stdout().len());
+    assert_eq!(
+        first["bytes_out"].as_i64().unwrap() as usize,
+        r.stdout().len()
+    );
     let rec = first["recording"].as_str().unwrap();
     assert!(rec.ends_with(&format!("{}.cast", first["id"].as_str().unwrap())));
 
@@ -34,7 +40,10 @@ fn recording_reproduces_client_output_and_sessions_lists_it() {
     let (header, events) = parse_cast(Path::new(rec));
     assert_eq!(header["version"], 2);
     let title = header["title"].as_str().unwrap();
-    assert!(title.contains("alice") && title.contains(first["id"].as_str().unwrap()), "{title}");
+    assert!(
+        title.contains("alice") && title.contains(first["id"].as_str().unwrap()),
+        "{title}"
+    );
     assert!(events.iter().all(|(_, k, _)| k == "o"), "{events:?}");
     let joined: String = events.iter().map(|(_, _, d)| d.as_str()).collect();
     assert_eq!(joined, r.stdout());
@@ -61,7 +70,12 @@ fn unrecordable_session_is_refused_and_audited() {
     let rec_dir = s.data_dir.join("recordings");
     // A file where the day directory should go: creating the recording fails.
     let day = time::OffsetDateTime::now_utc();
-    let day = format!("{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day());
+    let day = format!(
+        "{:04}-{:02}-{:02}",
+        day.year(),
+        u8::from(day.month()),
+        day.day()
+    );
     std::fs::write(rec_dir.join(&day), b"not a dir").unwrap();
     let r = s.run_ssh(&u, &["echo should-not-run"], None);
     assert_ne!(r.code(), Some(0), "{}", r.explain());

@@ -529,7 +529,10 @@ pub fn user_signed_by(dir: &Path, name: &str, ca_key: &Path, args: &[&str]) -> U
     let key = dir.join(format!("id_{name}_{}", free_port()));
     keygen(&key);
     let mut cmd = Command::new("ssh-keygen");
-    cmd.arg("-q").arg("-s").arg(ca_key).args(["-I", &format!("test-{name}")]);
+    cmd.arg("-q")
+        .arg("-s")
+        .arg(ca_key)
+        .args(["-I", &format!("test-{name}")]);
     if !args.contains(&"-n") {
         cmd.args(["-n", name]);
     }
@@ -555,8 +558,8 @@ pub fn parse_cast(path: &Path) -> (serde_json::Value, Vec<(f64, String, String)>
     let events = lines
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"));
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"));
             (
                 v[0].as_f64().unwrap(),
                 v[1].as_str().unwrap().to_string(),
