@@ -550,6 +550,7 @@ impl Task {
         let mut out_open = true;
         let mut end_reason: Option<String> = None;
         let mut killed = false;
+        let mut ctl_open = true;
         let shutdown = self.shared.shutdown.clone();
         let failed = self.failed.clone();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -573,7 +574,7 @@ impl Task {
                 e = &mut exit_rx, if exit.is_none() => {
                     exit = Some(e.unwrap_or(Exit::Code(255)));
                 }
-                c = ctl_rx.recv() => match c {
+                c = ctl_rx.recv(), if ctl_open => match c {
                     Some(Ctl::Resize(cols, rows)) => self.resize(pty_master.as_ref(), cols, rows),
                     Some(Ctl::Signal(name)) => {
                         if let Some(p) = pid {
@@ -582,18 +583,14 @@ impl Task {
                         }
                     }
                     Some(Ctl::ClientClosed) | None => {
-                        if end_reason.is_none() {
-                            end_reason = Some("client closed the channel".into());
-                        }
-                        // Like sshd: the session's terminal hung up.
-                        if exit.is_none() && !killed {
-                            if let Some(p) = pid {
-                                shell::signal(p, "HUP", group);
+                        ctl_open = false;
+                        if exit.is_none() {
+                            end_reason.get_or_insert_with(|| "client closed the channel".into());
+                            // Nothing outlives its (recorded) channel: hang up and kill.
+                            if !killed {
+                                kill(pid, group, &mut killed);
                             }
-                            killed = true;
                         }
-                        // Nobody will read further output.
-                        out_open = out_open && exit.is_none();
                     }
                 },
                 _ = shutdown.cancelled(), if !killed => {
@@ -719,11 +716,15 @@ impl Task {
     }
 }
 
-fn kill(pid: Option<u32>, group: bool, killed: &mut bool) {
+/// End the child and its process group (a pty child leads its own session
+/// and group; a pipe child was put in its own group). HUP lets programs
+/// notice the hang-up; KILL follows because nothing may outlive the
+/// recorded channel.
+fn kill(pid: Option<u32>, _group: bool, killed: &mut bool) {
     if let Some(p) = pid {
-        // SIGHUP first would let a shell ignore it; the session is over.
-        shell::signal(p, "HUP", group);
-        shell::signal(p, "KILL", group);
+        shell::signal(p, "HUP", true);
+        shell::signal(p, "KILL", true);
+        shell::signal(p, "KILL", false);
     }
     *killed = true;
 }

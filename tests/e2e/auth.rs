@@ -190,3 +190,53 @@ fn force_command_replaces_the_request() {
     let r = s.run_ssh(&u, &["echo asked"], None).success();
     assert_eq!(r.stdout(), "forced:echo asked\n", "{}", r.explain());
 }
+
+#[test]
+fn breakglass_key_logs_in_and_policy_still_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("admin");
+    keygen(&key);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let line = std::fs::read_to_string(format!("{}.pub", key.display())).unwrap();
+    // keygen writes the comment "test".
+    std::fs::write(data.join("authorized_keys"), line).unwrap();
+    let s = Server::start_in(dir, ServerOpts::default());
+    let u = User {
+        name: "ops".into(),
+        key,
+        cert: s.dir.path().join("absent-cert.pub"),
+    };
+    // The placeholder policy grants nothing to the breakglass issuer: the
+    // login succeeds, the command is refused with the rule named, exit 126.
+    let r = s.run_ssh(&u, &["echo hi"], None);
+    assert_eq!(r.code(), Some(126), "{}", r.explain());
+    assert!(r.stderr().contains("not allowed"), "{}", r.explain());
+    assert!(r.stderr().contains("default deny"), "{}", r.explain());
+    assert_eq!(r.stdout(), "");
+    let rows = query_db(
+        &s.db_path(),
+        "SELECT result, method, key_id FROM auth_attempts WHERE result = 'accepted'",
+    );
+    assert_eq!(
+        rows,
+        vec![vec![
+            "accepted".to_string(),
+            "publickey".into(),
+            "test".into()
+        ]]
+    );
+    let ident = query_db(
+        &s.db_path(),
+        "SELECT identity FROM connections WHERE user = 'ops'",
+    );
+    assert!(
+        ident[0][0].contains("\"issuer\":\"breakglass\""),
+        "{ident:?}"
+    );
+    let ev = query_db(
+        &s.db_path(),
+        "SELECT detail, decision FROM events WHERE kind = 'command-blocked'",
+    );
+    assert_eq!(ev, vec![vec!["echo hi".to_string(), "deny".into()]]);
+}
