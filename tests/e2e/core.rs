@@ -290,3 +290,121 @@ fn sigkilled_server_leaves_a_readable_recording() {
     let out = asciinema_cat(std::path::Path::new(&rec)).unwrap();
     assert_eq!(out, "before-the-crash\n");
 }
+
+/// Read until the server closes; the bytes it sent.
+fn read_until_closed(sock: &mut TcpStream) -> Vec<u8> {
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    sock.read_to_end(&mut buf)
+        .expect("server did not close the connection");
+    buf
+}
+
+#[test]
+fn per_source_unauthenticated_cap_refuses_then_recovers() {
+    let s = Server::start_with(ServerOpts {
+        ssh_extra: "per_source_max_unauthenticated = 2\nlogin_grace_time = \"60s\"\n".into(),
+        ..Default::default()
+    });
+    let u = s.user("alice", &[]);
+    let a = TcpStream::connect(("127.0.0.1", s.ssh_port)).unwrap();
+    let b = TcpStream::connect(("127.0.0.1", s.ssh_port)).unwrap();
+    // Both slots are taken once the server has sent its version string.
+    for mut c in [&a, &b] {
+        let mut v = [0u8; 8];
+        c.read_exact(&mut v).unwrap();
+        assert_eq!(&v, b"SSH-2.0-");
+    }
+    let mut third = TcpStream::connect(("127.0.0.1", s.ssh_port)).unwrap();
+    assert!(
+        read_until_closed(&mut third).is_empty(),
+        "third unauthenticated connection from one source must be refused before the handshake"
+    );
+    s.run_ssh(&u, &["true"], None).failure();
+    drop(a);
+    drop(b);
+    let ok = wait_for(Duration::from_secs(30), || {
+        s.run_ssh(&u, &["echo back"], None)
+            .output
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(ok.is_some(), "slots not released\n{}", s.log());
+}
+
+#[test]
+fn per_source_rate_limit_refuses_bursts() {
+    let s = Server::start_with(ServerOpts {
+        ssh_extra: "per_source_per_minute = 3\n".into(),
+        ..Default::default()
+    });
+    // The harness's own readiness probe used one; these use the rest.
+    let mut refused = 0;
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(("127.0.0.1", s.ssh_port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut v = [0u8; 1];
+        match c.read(&mut v) {
+            Ok(0) => refused += 1,
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        refused >= 2,
+        "expected refusals past 3/min, got {refused}\n{}",
+        s.log()
+    );
+    assert!(s.log().contains("connections per minute"), "{}", s.log());
+}
+
+#[test]
+fn killed_client_ends_the_session_and_its_processes() {
+    let s = Server::start();
+    let u = s.user("alice", &[]);
+    let pidfile = s.dir.path().join("child.pid");
+    let mut client = Proc::spawn(
+        "ssh-sleep",
+        s.ssh(
+            &u,
+            &[&format!("echo $$ > {}; exec sleep 300", pidfile.display())],
+        ),
+        s.dir.path(),
+    );
+    let pid = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+    })
+    .unwrap_or_else(|| panic!("child never started\n{}", s.log()));
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    client.kill();
+    let gone = wait_for(Duration::from_secs(30), || {
+        (!std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|t| t.contains(") Z "))
+                .unwrap_or(true))
+        .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "session child {pid} outlived its client\n{}",
+        s.log()
+    );
+    let ended = wait_for(Duration::from_secs(30), || {
+        let v = s.sessions_json();
+        v[0]["ended_at"].is_string().then(|| v[0].clone())
+    })
+    .unwrap_or_else(|| panic!("session row not closed\n{}", s.log()));
+    // Hung up (HUP, then KILL if it resisted).
+    assert!(
+        ["HUP", "KILL"].contains(&ended["exit_signal"].as_str().unwrap_or("")),
+        "{ended:#}"
+    );
+    assert_eq!(
+        ended["end_reason"], "client closed the channel",
+        "{ended:#}"
+    );
+}
