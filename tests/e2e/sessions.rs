@@ -58,8 +58,9 @@ fn recording_reproduces_client_output_and_sessions_lists_it() {
     assert!(sv["events"].is_array());
     let table = s.cli(&["sessions", "list"]).success().stdout();
     assert!(table.contains(id) && table.contains("exec"), "{table}");
-    // play without a terminal falls back to printing when asciinema fails? It
-    // exists here, so just check the text fallback of a missing id.
+    // play, piped (no terminal): prints what the client saw.
+    let played = s.cli(&["sessions", "play", id]).success();
+    assert_eq!(played.stdout(), r.stdout());
     s.cli(&["sessions", "show", "does-not-exist"]).failure();
 }
 
