@@ -102,12 +102,12 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
             let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
             let has_asciinema = tty
                 && std::process::Command::new("asciinema")
-                .arg("--version")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+                    .arg("--version")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
             if has_asciinema {
                 let st = std::process::Command::new("asciinema")
                     .arg("play")

@@ -174,6 +174,7 @@ async fn connection(
         authed_tx,
         running_tx,
         Arc::clone(&probe),
+        tracing::Span::current(),
     );
     let store = shared.store.clone();
     let started = tokio::time::timeout_at(
@@ -211,6 +212,10 @@ async fn connection(
             r = &mut session => {
                 match r {
                     Ok(()) => tracing::info!("connection closed"),
+                    // Most clients just drop TCP after their last channel closes.
+                    Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::info!("connection closed by the client");
+                    }
                     Err(e) => {
                         tracing::info!(error = %e, "connection ended");
                         if end_reason.is_none() {

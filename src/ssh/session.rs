@@ -54,6 +54,8 @@ pub struct PtyReq {
 /// A shell/exec request with everything collected before it.
 #[derive(Debug)]
 pub struct Request {
+    /// The connection's span; the session's span is its child.
+    pub span: tracing::Span,
     pub conn_id: String,
     pub channel: ChannelId,
     pub authed: Authed,
@@ -175,6 +177,7 @@ pub fn start(
     handle: Handle,
     running: watch::Sender<usize>,
 ) -> Result<Control, Refused> {
+    let _conn = req.span.clone().entered();
     let identity = &req.authed.identity;
     let policy = shared.policy.current();
     let grant = policy.session(identity);
