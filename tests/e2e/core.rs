@@ -408,3 +408,52 @@ fn killed_client_ends_the_session_and_its_processes() {
         "{ended:#}"
     );
 }
+
+#[test]
+fn session_channels_per_connection_are_capped() {
+    let s = Server::start_with(ServerOpts {
+        ssh_extra: "max_channels = 1\n".into(),
+        ..Default::default()
+    });
+    let u = s.user("alice", &[]);
+    // One multiplexed connection (ControlMaster), sessions as its channels.
+    let ctl = s.dir.path().join("mux.sock");
+    let mux = |extra: &[&str]| {
+        let mut args = vec!["-S".to_string(), ctl.display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let master_args = mux(&["-M", "-N"]);
+    let master_refs: Vec<&str> = master_args.iter().map(String::as_str).collect();
+    let _master = Proc::spawn("ssh-master", s.ssh(&u, &master_refs), s.dir.path());
+    assert!(wait_for(Duration::from_secs(30), || ctl.exists().then_some(())).is_some());
+    let long_args = mux(&["echo first; sleep 300"]);
+    let long_refs: Vec<&str> = long_args.iter().map(String::as_str).collect();
+    let first = Proc::spawn("ssh-first", s.ssh(&u, &long_refs), s.dir.path());
+    wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&first.stdout)
+            .ok()
+            .filter(|t| t.contains("first"))
+    })
+    .unwrap_or_else(|| panic!("first session did not start\n{}", s.log()));
+    let second_args = mux(&["echo second"]);
+    let second_refs: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    // The master refuses the channel; OpenSSH's mux client then falls back
+    // to a connection of its own, where the session is the first channel.
+    s.run_ssh(&u, &second_refs, None).success();
+    let ev = query_db(
+        &s.db_path(),
+        "SELECT reason FROM events WHERE kind = 'request-denied' AND detail = 'session channel'",
+    );
+    assert_eq!(ev.len(), 1, "{ev:?}\n{}", s.log());
+    assert!(ev[0][0].contains("ssh.max_channels"), "{ev:?}");
+    let conns = query_db(
+        &s.db_path(),
+        "SELECT connection_id FROM sessions ORDER BY started_at",
+    );
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_ne!(
+        conns[0], conns[1],
+        "the capped connection ran a second session"
+    );
+}
