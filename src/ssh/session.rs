@@ -40,8 +40,13 @@ pub const EXIT_DENIED: u32 = 126;
 /// descendants still write to the pty/pipes before closing anyway.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// Input buffered per channel between the connection and the input task.
-const INPUT_QUEUE: usize = 256;
+/// Client input buffered per channel before the connection waits. The
+/// handler must not block while the child is busy writing output (russh
+/// delivers our output through the same loop that calls the handler, so a
+/// blocked handler and a child blocked on a full stdout pipe would wait on
+/// each other); only a child that ignores this much pending stdin while
+/// still producing output can make it wait.
+const INPUT_HIGH_WATER: usize = 16 * 1024 * 1024;
 
 /// A `pty-req` as received.
 #[derive(Debug, Clone)]
@@ -93,18 +98,51 @@ pub enum Ctl {
 /// The handler's grip on a running channel.
 #[derive(Debug)]
 pub struct Control {
-    input: mpsc::Sender<Input>,
+    input: mpsc::UnboundedSender<Input>,
+    queued: Arc<Queued>,
     ctl: mpsc::UnboundedSender<Ctl>,
 }
 
 impl Control {
-    /// Queue client input. Waits when the channel's input queue is full,
-    /// which pushes back on this connection (as a full SSH window would).
+    /// Queue client input. Waits only past [`INPUT_HIGH_WATER`] bytes
+    /// pending, which pushes back on this connection.
     pub async fn input(&self, i: Input) {
-        let _ = self.input.send(i).await;
+        if let Input::Data(d) = &i {
+            self.queued.bytes.fetch_add(d.len(), Ordering::AcqRel);
+        }
+        if self.input.send(i).is_err() {
+            return;
+        }
+        while self.queued.bytes.load(Ordering::Acquire) > INPUT_HIGH_WATER {
+            let notified = self.queued.drained.notified();
+            if self.input.is_closed()
+                || self.queued.bytes.load(Ordering::Acquire) <= INPUT_HIGH_WATER
+            {
+                break;
+            }
+            notified.await;
+        }
     }
     pub fn ctl(&self, c: Ctl) {
         let _ = self.ctl.send(c);
+    }
+}
+
+/// Bytes of client input queued for a channel's input task.
+#[derive(Debug, Default)]
+struct Queued {
+    bytes: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Queued {
+    fn take(&self, n: usize) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(n))
+            });
+        self.drained.notify_waiters();
     }
 }
 
@@ -367,7 +405,8 @@ pub fn start(
     }
     tracing::info!(command = command.as_deref().unwrap_or(""), pty = req.pty.is_some(), recording = %path_s, "session started");
 
-    let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(Queued::default());
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let recorder = Arc::new(Mutex::new(Some(recorder)));
     let failed = CancellationToken::new();
@@ -395,11 +434,12 @@ pub fn start(
         running,
     };
     tokio::spawn(tracing::Instrument::instrument(
-        task.run(child, input, in_rx, ctl_rx),
+        task.run(child, input, in_rx, Arc::clone(&queued), ctl_rx),
         span.clone(),
     ));
     Ok(Control {
         input: in_tx,
+        queued,
         ctl: ctl_tx,
     })
 }
@@ -477,7 +517,8 @@ impl Task {
         mut self,
         child: Child,
         seam: InputSeam,
-        in_rx: mpsc::Receiver<Input>,
+        in_rx: mpsc::UnboundedReceiver<Input>,
+        queued: Arc<Queued>,
         mut ctl_rx: mpsc::UnboundedReceiver<Ctl>,
     ) {
         let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
@@ -547,7 +588,7 @@ impl Task {
             }
         };
         drop(out_tx);
-        let input_task = tokio::spawn(input_loop(seam, in_rx, sink, self.failed.clone()));
+        let input_task = tokio::spawn(input_loop(seam, in_rx, queued, sink, self.failed.clone()));
 
         let mut exit: Option<Exit> = None;
         let mut out_open = true;
@@ -758,14 +799,24 @@ async fn pump(r: &mut (impl tokio::io::AsyncRead + Unpin), tx: mpsc::Sender<Out>
 /// Client input through seam (b) into the child, in its own task.
 async fn input_loop(
     mut seam: InputSeam,
-    mut rx: mpsc::Receiver<Input>,
+    mut rx: mpsc::UnboundedReceiver<Input>,
+    queued: Arc<Queued>,
     mut sink: Sink,
     failed: CancellationToken,
 ) {
     use tokio::io::AsyncWriteExt;
+    // Whatever way this ends, the handler must not wait on it any more.
+    struct Release(Arc<Queued>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.take(usize::MAX);
+        }
+    }
+    let _release = Release(Arc::clone(&queued));
     while let Some(i) = rx.recv().await {
         match i {
             Input::Data(d) => {
+                let len = d.len();
                 let admitted = match seam.admit(d).await {
                     Ok(a) => a,
                     Err(e) => {
@@ -774,7 +825,10 @@ async fn input_loop(
                         return;
                     }
                 };
-                let Some(d) = admitted else { continue };
+                let Some(d) = admitted else {
+                    queued.take(len);
+                    continue;
+                };
                 match &mut sink {
                     Sink::Pty(tx) => {
                         if tx.send(d).is_err() {
@@ -788,6 +842,7 @@ async fn input_loop(
                     }
                     Sink::Pipe(None) => {}
                 }
+                queued.take(len);
             }
             Input::Eof => {
                 // A pipe child sees EOF on stdin; a pty has no half-close

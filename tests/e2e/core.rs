@@ -457,3 +457,18 @@ fn session_channels_per_connection_are_capped() {
         "the capped connection ran a second session"
     );
 }
+
+#[test]
+fn large_stdin_round_trips_through_cat() {
+    // Input and output at once through one connection: the handler must not
+    // wait on a child that is itself waiting for its output to be read.
+    let s = Server::start();
+    let u = s.user("alice", &[]);
+    let data: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let r = s.run_ssh(&u, &["cat"], Some(&data)).success();
+    assert_eq!(r.output.stdout.len(), data.len());
+    assert!(r.output.stdout == data, "bytes differ");
+    let v = s.sessions_json();
+    assert_eq!(v[0]["bytes_in"].as_u64(), Some(data.len() as u64));
+    assert_eq!(v[0]["bytes_out"].as_u64(), Some(data.len() as u64));
+}
