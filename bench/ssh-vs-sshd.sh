@@ -7,6 +7,7 @@
 #   MB=50 RUNS=5 bench/ssh-vs-sshd.sh
 #   SALLYPORT=target/release/sallyport bench/ssh-vs-sshd.sh   # skip the build
 set -euo pipefail
+shopt -s inherit_errexit
 
 MB=${MB:-200}
 RUNS=${RUNS:-20}

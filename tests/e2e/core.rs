@@ -27,6 +27,16 @@ fn exec_status_stdout_stderr_and_stdin() {
     let r = s.run_ssh(&u, &["wc", "-c"], Some(b"x\n")).success();
     assert_eq!(r.stdout().trim(), "2", "{}", r.explain());
 
+    // Every AEAD cipher OpenSSH offers is accepted.
+    for c in [
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+    ] {
+        let r = s.run_ssh(&u, &["-c", c, "echo", c], None).success();
+        assert_eq!(r.stdout().trim(), c);
+    }
+
     // Environment is built from scratch and names the session.
     let r = s
         .run_ssh(&u, &["echo $SALLYPORT_SESSION_ID; env | wc -l"], None)
