@@ -482,3 +482,37 @@ fn large_stdin_round_trips_through_cat() {
     assert_eq!(v[0]["bytes_in"].as_u64(), Some(data.len() as u64));
     assert_eq!(v[0]["bytes_out"].as_u64(), Some(data.len() as u64));
 }
+
+#[test]
+fn sessions_run_as_the_configured_account() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: needs root to switch accounts");
+        return;
+    }
+    let s = Server::start_with(ServerOpts {
+        ssh_extra: "run_as = \"nobody\"\n".into(),
+        ..Default::default()
+    });
+    let u = s.user("alice", &[]);
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let want = format!("{} {}", nobody.uid, nobody.gid);
+    // Without a pty (pipes) and with one (setpriv under the pty).
+    let r = s
+        .run_ssh(&u, &["echo $(id -u) $(id -g) $USER"], None)
+        .success();
+    assert_eq!(
+        r.stdout().trim(),
+        format!("{want} nobody"),
+        "{}",
+        r.explain()
+    );
+    let r = s
+        .run_ssh(&u, &["-tt", "echo $(id -u) $(id -g) $(id -G)"], None)
+        .success();
+    assert_eq!(
+        r.stdout().trim(),
+        format!("{want} {}", nobody.gid),
+        "{}",
+        r.explain()
+    );
+}
