@@ -653,26 +653,6 @@ impl Task {
         }
         input_task.abort();
         let exit = exit.unwrap_or(Exit::Code(255));
-        let ch = self.channel;
-        match &exit {
-            Exit::Code(c) => {
-                let _ = self.handle.exit_status_request(ch, *c).await;
-            }
-            Exit::Signal(name, core) => {
-                let _ = self
-                    .handle
-                    .exit_signal_request(
-                        ch,
-                        super::sig_from_name(name),
-                        *core,
-                        String::new(),
-                        String::new(),
-                    )
-                    .await;
-            }
-        }
-        let _ = self.handle.eof(ch).await;
-        let _ = self.handle.close(ch).await;
         drop(pty_master);
         let rec = match self.output.recorder.lock() {
             Ok(mut g) => g.take(),
@@ -701,6 +681,28 @@ impl Task {
         ) {
             tracing::error!(error = %e, "audit: cannot close session row");
         }
+        // The audit row and the recording are complete before the client
+        // learns the session ended, so whoever sees the exit sees the record.
+        let ch = self.channel;
+        match &exit {
+            Exit::Code(c) => {
+                let _ = self.handle.exit_status_request(ch, *c).await;
+            }
+            Exit::Signal(name, core) => {
+                let _ = self
+                    .handle
+                    .exit_signal_request(
+                        ch,
+                        super::sig_from_name(name),
+                        *core,
+                        String::new(),
+                        String::new(),
+                    )
+                    .await;
+            }
+        }
+        let _ = self.handle.eof(ch).await;
+        let _ = self.handle.close(ch).await;
         self.running.send_modify(|n| *n = n.saturating_sub(1));
     }
 
