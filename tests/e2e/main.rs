@@ -8,8 +8,11 @@ mod policy;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth;
+mod core;
 mod deploy;
 mod krl;
 mod kubeapi;
 mod login;
 mod oidc;
+mod sessions;
