@@ -2,6 +2,12 @@
 //! commands ([`CommandLine`]), tracking the line a user types in a pty shell,
 //! and just-in-time approvals. Matching against rules is the policy's job
 //! (`policy::Policy::exec`).
+//!
+//! - [`parse`]: exec command strings -> [`CommandLine`].
+//! - [`line`]: the line a user is about to submit in a pty shell.
+//! - [`approval`]: pending just-in-time approval requests and waiting on them.
+
+pub mod parse;
 
 /// A command as the guard understood it: every simple command it contains
 /// (after unwrapping `sh -c`, `env`, `sudo`, `$(..)`, ...), each as argv with
