@@ -13,9 +13,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 /// Migrations in order; the schema version is the number applied.
+pub mod approvals;
 pub mod certs;
+pub mod mask_hits;
 
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("migrations/0001_init.sql")),
+    (
+        "0002_maskguard_approvals",
+        include_str!("migrations/0002_maskguard_approvals.sql"),
+    ),
+];
 
 /// Errors from the audit store.
 #[derive(Debug, thiserror::Error)]

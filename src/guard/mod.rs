@@ -7,6 +7,7 @@
 //! - [`line`]: the line a user is about to submit in a pty shell.
 //! - [`approval`]: pending just-in-time approval requests and waiting on them.
 
+pub mod approval;
 pub mod parse;
 
 /// A command as the guard understood it: every simple command it contains
