@@ -125,13 +125,23 @@ fn decide(store: &crate::audit::Store, d: Decide, approve: bool) -> anyhow::Resu
     };
     // The placeholder policy is enough: local operators skip `can_approve`.
     let policy = crate::policy::Policy::default();
-    let outcome = approval::decide(store, &policy, &d.id, &approver, approve, d.reason.as_deref())
-        .with_context(|| format!("cannot {} {}", if approve { "approve" } else { "deny" }, d.id))?;
+    let outcome = approval::decide(
+        store,
+        &policy,
+        &d.id,
+        &approver,
+        approve,
+        d.reason.as_deref(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot {} {}",
+            if approve { "approve" } else { "deny" },
+            d.id
+        )
+    })?;
     if d.json {
-        println!(
-            "{}",
-            serde_json::json!({ "id": d.id, "outcome": outcome })
-        );
+        println!("{}", serde_json::json!({ "id": d.id, "outcome": outcome }));
     } else {
         match outcome {
             Outcome::Approved { by } => println!("{} approved by {by}", d.id),

@@ -8,6 +8,7 @@
 //! - [`approval`]: pending just-in-time approval requests and waiting on them.
 
 pub mod approval;
+pub mod line;
 pub mod parse;
 
 /// A command as the guard understood it: every simple command it contains
