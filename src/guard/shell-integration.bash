@@ -9,4 +9,4 @@ __sallyport_ps1="${PS1:-\\u@\\h:\\w\\$ }"
 __sallyport_prompt() { local s=$?; printf '\033]133;D;%s\007' "$s"; }
 PROMPT_COMMAND="__sallyport_prompt${PROMPT_COMMAND:+;$PROMPT_COMMAND}"
 PS1='\[\033]133;A\007\]'"$__sallyport_ps1"'\[\033]133;B\007\]'
-PS0='\[\033]133;C\007\]'
+PS0='\033]133;C\007'

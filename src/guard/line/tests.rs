@@ -194,3 +194,50 @@ fn the_rcfile_emits_the_marks() {
     assert!(BASH_RC.contains("133;C"));
     assert!(BASH_RC.contains("enable-bracketed-paste on"));
 }
+
+/// Bytes recorded from a real bash 5 with `shell-integration.bash` in a
+/// 24x20 pty (the prompt itself wraps): Tab completion, Ctrl-A and insert,
+/// a wrapped line, Ctrl-U, Ctrl-C.
+#[test]
+fn recorded_bash_session() {
+    let mut t = LineTracker::new(24, 20);
+    let step = |t: &mut LineTracker, keys: &[u8], out: &[u8]| {
+        let _ = t.input(keys);
+        t.output(out);
+        t.line()
+    };
+    t.output(
+        b"\x1b]133;D;0\x07\x1b[?2004h\x1b]133;A\x07root@vm:/work/wt/maskguard# \x1b]133;B\x07",
+    );
+    assert_eq!(step(&mut t, b"ech", b"ech").line, "ech");
+    assert_eq!(step(&mut t, b"\t", b"o ").line, "echo");
+    assert_eq!(step(&mut t, b"hi", b"hi").line, "echo hi");
+    step(&mut t, b"\x01", b"\x08\x08\x08\x08\x08\x08\x08");
+    let s = step(
+        &mut t,
+        b"sudo ",
+        b"sudo echo hi \x1b[A\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C",
+    );
+    assert_eq!(s.line, "sudo echo hi");
+    assert_eq!(s.certainty, Certainty::Screen);
+    step(&mut t, b"\x05", b"\r\n\r");
+    let s = step(&mut t, b" aaaaaaaaaaaaaaaaaaaa", b" aaaaaaaaaaaaaaaaaaaa");
+    assert_eq!(s.line, "sudo echo hi aaaaaaaaaaaaaaaaaaaa");
+    let s = step(
+        &mut t,
+        b"\x15",
+        b"\x1b[A\x1b[A\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[K\r\n\r\x1b[K\r\n\r\x1b[K\x1b[A\x1b[A\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C",
+    );
+    assert_eq!(s.line, "");
+    assert_eq!(
+        step(&mut t, b"echo x | base", b"echo x | base").line,
+        "echo x | base"
+    );
+    let s = step(
+        &mut t,
+        b"\x03",
+        b"^C\x1b[?2004l\r\x1b[?2004h\x1b[?2004l\r\r\n\x1b]133;D;130\x07\x1b[?2004h\x1b]133;A\x07root@vm:/work/wt/maskguard# \x1b]133;B\x07",
+    );
+    assert_eq!(s.line, "");
+    assert_eq!(s.certainty, Certainty::Screen);
+}
