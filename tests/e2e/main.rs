@@ -4,5 +4,6 @@
 //! command, its output and the server log when something fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod approvals;
 #[path = "../support/mod.rs"]
 mod support;
