@@ -21,6 +21,7 @@ pub struct CommandLine {
     /// Each simple command's argv.
     pub simple: Vec<Vec<String>>,
     /// Constructs the parser cannot see into (`eval`, decoded pipes into a
-    /// shell, unbalanced quotes): strict roles deny these.
+    /// shell, unbalanced quotes), one reason each: strict roles deny these.
+    /// Reasons may quote up to 80 bytes of the command: mask before storing.
     pub opaque: Vec<String>,
 }

@@ -429,3 +429,33 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn types_are_send_and_sync_where_sessions_need_it() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<Masker>();
+    sync::<Masker>();
+    send::<StreamMasker>();
+    send::<crate::guard::line::LineTracker>();
+}
+
+#[test]
+fn a_megabyte_of_random_bytes_survives() {
+    let mut x: u32 = 12345;
+    let data: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    let m = masker();
+    let whole = m.mask(&data);
+    let mut s = m.stream();
+    let mut out = Vec::new();
+    for c in data.chunks(4093) {
+        out.extend(s.push(c).bytes);
+    }
+    out.extend(s.flush().bytes);
+    assert_eq!(out, whole.bytes);
+}
