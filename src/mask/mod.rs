@@ -517,17 +517,26 @@ impl Inner {
 
     /// First match of detector `d` starting at or after `from`.
     fn find(&self, d: &Detector, hay: &[u8], from: usize) -> Option<Found> {
-        let mut locs = d.regex.capture_locations();
         let mut at = from;
         loop {
             if at > hay.len() {
                 return None;
             }
-            let m = d.regex.captures_read_at(&mut locs, hay, at)?;
+            // The fast DFA finds the match; capture groups are then resolved
+            // on the match alone (slow engines never see the whole buffer).
+            let m = d.regex.find_at(hay, at)?;
             if m.start() == m.end() {
                 // Empty matches mask nothing; look further.
                 at = m.start() + 1;
                 continue;
+            }
+            let mut locs = d.regex.capture_locations();
+            let span = hay.get(..m.end()).unwrap_or_default();
+            if d.regex
+                .captures_read_at(&mut locs, span, m.start())
+                .is_none()
+            {
+                locs = d.regex.capture_locations();
             }
             let (mut ms, mut me) = (m.start(), m.end());
             for g in 1..locs.len() {
@@ -580,7 +589,10 @@ impl StreamMasker {
         let mut triggered = vec![false; inner.detectors.len()];
         let mut hold = len;
         let pending = buf.get(ctx..).unwrap_or_default();
-        if let Some(ac) = &inner.ac {
+        // Fast path: one leftmost search decides whether there is any
+        // keyword at all (clean text has none).
+        let any_keyword = inner.ac.as_ref().is_some_and(|ac| ac.is_match(pending));
+        if let Some(ac) = inner.ac.as_ref().filter(|_| any_keyword) {
             for m in ac.find_overlapping_iter(pending) {
                 let Some(kw) = inner.keywords.get(m.pattern().as_usize()) else {
                     continue;
