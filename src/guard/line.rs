@@ -35,8 +35,9 @@ pub const BASH_RC: &str = include_str!("shell-integration.bash");
 /// wherever the cursor was.
 pub const CLEAR_LINE: &[u8] = b"\x05\x15";
 
-/// Rows of a command line the model follows before giving up.
+/// Longest input escape sequence followed before it counts as hostile.
 const MAX_PENDING_ESC: usize = 32;
+/// Longest OSC 133 mark waited for across output chunks.
 const MAX_OSC: usize = 256;
 const OSC133: &[u8] = b"\x1b]133;";
 
