@@ -4,6 +4,7 @@
 //! command, its output and the server log when something fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod approvals;
 mod policy;
 #[path = "../support/mod.rs"]
 mod support;
