@@ -52,9 +52,10 @@ impl Store {
         Ok(rows)
     }
 
-    /// Record a notable event (`detail` must already be masked).
+    /// Record a notable event from its parts (`detail` must already be
+    /// masked); see [`super::events::Event`].
     #[allow(clippy::too_many_arguments)]
-    pub fn record_event(
+    pub fn record_event_parts(
         &self,
         connection_id: Option<&str>,
         session_id: Option<&str>,
@@ -64,12 +65,15 @@ impl Store {
         decision: Option<&str>,
         reason: Option<&str>,
     ) -> Result<(), Error> {
-        self.lock().execute(
-            "INSERT INTO events (at, connection_id, session_id, kind, subject, detail, decision, reason)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![now_rfc3339(), connection_id, session_id, kind, subject, detail, decision, reason],
-        )?;
-        Ok(())
+        self.record_event(&super::events::Event {
+            connection_id,
+            session_id,
+            kind,
+            subject,
+            detail,
+            decision,
+            reason,
+        })
     }
 }
 

@@ -118,7 +118,7 @@ pub fn create(store: &Store, req: &Request) -> Result<ApprovalRow, Error> {
         };
         match store.insert_approval(&row) {
             Ok(()) => {
-                let _ = store.record_event(
+                let _ = store.record_event_parts(
                     None,
                     row.session_id.as_deref(),
                     "approval-requested",
@@ -179,7 +179,7 @@ pub async fn wait<C: Future<Output = ()>>(
 
 fn close_or_read(store: &Store, id: &str, status: &str, mine: Outcome) -> Result<Outcome, Error> {
     if store.close_approval(id, status, None, None)? {
-        let _ = store.record_event(
+        let _ = store.record_event_parts(
             None,
             None,
             &format!("approval-{status}"),
@@ -242,7 +242,7 @@ pub fn decide(
     });
     let who = approver.label();
     let refuse = |kind: &str, reason: &str| {
-        let _ = store.record_event(
+        let _ = store.record_event_parts(
             None,
             row.session_id.as_deref(),
             kind,
@@ -277,7 +277,7 @@ pub fn decide(
             status: now,
         });
     }
-    let _ = store.record_event(
+    let _ = store.record_event_parts(
         None,
         row.session_id.as_deref(),
         &format!("approval-{status}"),
