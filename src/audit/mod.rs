@@ -14,6 +14,7 @@ use rusqlite::Connection;
 
 /// Migrations in order; the schema version is the number applied.
 pub mod certs;
+pub mod forwards;
 
 const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("migrations/0001_init.sql"))];
 

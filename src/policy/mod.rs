@@ -198,6 +198,19 @@ impl Policy {
         Decision::deny("no role matched (default deny)")
     }
 
+    /// Does a forward `allow` rule name this protected address explicitly?
+    ///
+    /// After DNS the tunnel refuses link-local/metadata, unspecified,
+    /// multicast/broadcast addresses and the bastion's own loopback ports
+    /// unless a rule whose host part is an IP literal or CIDR (not a glob, not
+    /// `0.0.0.0/0` / `::/0`) contains `ip` and whose port matches `port`; see
+    /// docs/policy.md "Forward". `None` = no such rule (the forward is denied).
+    ///
+    /// Placeholder (tunnel branch) until the policy engine implements it.
+    pub fn forward_explicit(&self, _id: &Identity, _ip: IpAddr, _port: u16) -> Option<Decision> {
+        None
+    }
+
     /// May this Kubernetes API request pass?
     pub fn kube(&self, _id: &Identity, _req: &KubeRequest) -> Decision {
         Decision::deny("no role matched (default deny)")
