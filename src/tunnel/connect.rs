@@ -74,7 +74,13 @@ pub struct Connected {
     /// Resolves with a reason when the target is gone (Kubernetes forwards);
     /// `None` for plain TCP, whose end shows up as EOF or an error.
     pub ended: Option<BoxFuture<'static, String>>,
+    /// Relay options: Kubernetes port-forwards cannot half-close.
+    pub relay: crate::tunnel::relay::Options,
 }
+
+/// How long a Kubernetes forward waits for the pod's reply after the
+/// client's EOF before closing (the v4 port-forward has no half-close).
+pub const KUBE_EOF_LINGER: Duration = Duration::from_secs(1);
 
 /// Connect to the first address that answers, within `timeout` overall.
 pub async fn tcp(addrs: &[SocketAddr], timeout: Duration) -> Result<Connected, Error> {
@@ -108,11 +114,36 @@ pub async fn tcp(addrs: &[SocketAddr], timeout: Duration) -> Result<Connected, E
                     stream: Box::new(s),
                     resolved: addr.to_string(),
                     ended: None,
+                    relay: Default::default(),
                 });
             }
         }
     }
     Err(last)
+}
+
+/// Connect to a parsed target: TCP to `addrs` (already resolved and
+/// checked), or a Kubernetes pod/service through `kube`.
+pub async fn target(
+    kube: &Kube,
+    target: &crate::tunnel::resolve::Target,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Connected, Error> {
+    use crate::tunnel::resolve::Target;
+    match target {
+        Target::Tcp { .. } => tcp(addrs, timeout).await,
+        Target::Pod {
+            namespace,
+            name,
+            port,
+        } => kube.pod(namespace, name, *port).await,
+        Target::Service {
+            namespace,
+            name,
+            port,
+        } => kube.service(namespace, name, *port).await,
+    }
 }
 
 /// Lazily built Kubernetes client (the bastion's own credentials).
@@ -142,6 +173,10 @@ impl Kube {
     }
 
     async fn build(&self) -> Result<kube::Client, Error> {
+        // Both rustls backends are in the dependency tree, so rustls cannot
+        // pick one itself; ring is what kube's `ring` feature asks for. An
+        // already installed provider (e.g. by `serve`) wins.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let cfg = match &self.config.kubeconfig {
             Some(path) => from_kubeconfig(path, self.config.context.clone()).await?,
             None => kube::Config::incluster().map_err(|e| {
@@ -217,6 +252,9 @@ impl Kube {
             stream: Box::new(stream),
             resolved,
             ended: Some(ended),
+            relay: crate::tunnel::relay::Options {
+                eof_linger: Some(KUBE_EOF_LINGER),
+            },
         })
     }
 

@@ -437,19 +437,8 @@ pub async fn handle_direct_tcpip(
             return;
         }
     };
-    let connected = match &plan.parsed.target {
-        resolve::Target::Tcp { .. } => connect::tcp(&plan.addrs, f.connect_timeout).await,
-        resolve::Target::Pod {
-            namespace,
-            name,
-            port,
-        } => f.kube.pod(namespace, name, *port).await,
-        resolve::Target::Service {
-            namespace,
-            name,
-            port,
-        } => f.kube.service(namespace, name, *port).await,
-    };
+    let connected =
+        connect::target(&f.kube, &plan.parsed.target, &plan.addrs, f.connect_timeout).await;
     let connected = match connected {
         Ok(c) => c,
         Err(e) => {
@@ -492,7 +481,13 @@ pub async fn handle_direct_tcpip(
     // before any data we queue afterwards.
     reply.accept().await;
     tracing::info!(parent: &span, resolved = %connected.resolved, reason = %plan.decision.reason, "forward open");
-    let outcome = relay::relay(channel.into_stream(), connected.stream, connected.ended).await;
+    let outcome = relay::relay_with(
+        channel.into_stream(),
+        connected.stream,
+        connected.ended,
+        connected.relay,
+    )
+    .await;
     tracing::info!(
         parent: &span,
         up = outcome.bytes_up,

@@ -6,6 +6,7 @@
 //! An optional `ended` future (a Kubernetes pod gone) stops both directions.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -54,12 +55,22 @@ enum Side {
     Writer,
 }
 
-/// Copy `from` into `to` until EOF, then shut `to` down (half-close).
-/// Returns bytes copied and, on failure, which side failed.
-async fn pump<R, W>(from: &mut R, to: &mut W, count: &mut u64) -> Result<(), (Side, String)>
+/// Options for one relay.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `Some(d)`: the target cannot half-close (the Kubernetes v4 WebSocket
+    /// port-forward closes the whole stream when its write side is shut), so
+    /// after the client's EOF the target's write side is shut only once the
+    /// target has sent nothing for `d` — in-flight replies still arrive.
+    pub eof_linger: Option<std::time::Duration>,
+}
+
+/// Copy `from` into `to` until EOF; hands `to` back so the caller decides
+/// when to shut it down (half-close).
+async fn pump<R, W>(mut from: R, mut to: W, count: &AtomicU64) -> Result<W, (Side, String)>
 where
-    R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
@@ -71,15 +82,12 @@ where
             return Err((Side::Reader, "read past buffer".into()));
         };
         if n == 0 {
-            to.shutdown()
-                .await
-                .map_err(|e| (Side::Writer, e.to_string()))?;
-            return Ok(());
+            return Ok(to);
         }
         to.write_all(chunk)
             .await
             .map_err(|e| (Side::Writer, e.to_string()))?;
-        *count += n as u64;
+        count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -94,13 +102,27 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut tr, mut tw) = tokio::io::split(target);
-    let mut up = 0u64;
-    let mut down = 0u64;
+    relay_with(client, target, ended, Options::default()).await
+}
+
+/// [`relay`] with [`Options`].
+pub async fn relay_with<C, T>(
+    client: C,
+    target: T,
+    ended: Option<impl Future<Output = String>>,
+    opts: Options,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (cr, cw) = tokio::io::split(client);
+    let (tr, tw) = tokio::io::split(target);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
     let reason = {
-        let upward = pump(&mut cr, &mut tw, &mut up);
-        let downward = pump(&mut tr, &mut cw, &mut down);
+        let upward = pump(cr, tw, &up);
+        let downward = pump(tr, cw, &down);
         let gone = async {
             match ended {
                 Some(f) => f.await,
@@ -110,19 +132,53 @@ where
         tokio::pin!(upward, downward, gone);
         let mut up_done = false;
         let mut down_done = false;
+        // Target write half waiting to be shut after the client's EOF.
+        let mut lingering = None;
+        let mut last_down = 0u64;
         loop {
+            let linger_for = opts.eof_linger.filter(|_| lingering.is_some());
+            let linger = async move {
+                match linger_for {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => futures::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = &mut upward, if !up_done => match r {
-                    Ok(()) => { up_done = true; }
+                    Ok(mut tw) => {
+                        up_done = true;
+                        if opts.eof_linger.is_some() {
+                            last_down = down.load(Ordering::Relaxed);
+                            lingering = Some(tw);
+                        } else if let Err(e) = tw.shutdown().await {
+                            break EndReason::Target(e.to_string());
+                        }
+                    }
                     Err((Side::Reader, e)) => break EndReason::Client(e),
                     Err((Side::Writer, e)) => break EndReason::Target(e),
                 },
                 r = &mut downward, if !down_done => match r {
-                    Ok(()) => { down_done = true; }
+                    Ok(mut cw) => {
+                        down_done = true;
+                        if let Err(e) = cw.shutdown().await {
+                            break EndReason::Client(e.to_string());
+                        }
+                    }
                     Err((Side::Reader, e)) => break EndReason::Target(e),
                     Err((Side::Writer, e)) => break EndReason::Client(e),
                 },
                 why = &mut gone => break EndReason::Gone(why),
+                () = linger => {
+                    let now = down.load(Ordering::Relaxed);
+                    if now == last_down {
+                        if let Some(mut tw) = lingering.take() {
+                            let _ = tw.shutdown().await;
+                        }
+                        // The target cannot tell us more: done.
+                        break EndReason::Completed;
+                    }
+                    last_down = now;
+                }
             }
             if up_done && down_done {
                 break EndReason::Completed;
@@ -130,8 +186,8 @@ where
         }
     };
     Outcome {
-        bytes_up: up,
-        bytes_down: down,
+        bytes_up: up.load(Ordering::Relaxed),
+        bytes_down: down.load(Ordering::Relaxed),
         reason,
     }
 }

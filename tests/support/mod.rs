@@ -4,6 +4,8 @@
 //! the server log, so a red CI run explains itself.
 #![allow(dead_code)]
 
+pub mod kubeapi;
+
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
