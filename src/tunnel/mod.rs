@@ -309,32 +309,14 @@ impl ForwardContext {
             port: parsed.port,
             resolved: addrs.iter().map(|a| a.ip()).collect(),
         };
-        let mut decision = policy.forward(&self.identity, &req);
-        if decision.verdict == Verdict::Deny {
-            return Err(Refusal {
-                resolved: shown_addrs(),
-                ..Refusal::deny(decision.reason)
-            });
-        }
-        // Protected addresses need a rule naming them, whatever else allowed.
-        for a in &addrs {
-            if let Some(why) = resolve::protected(*a, &f.own) {
-                match policy.forward_explicit(&self.identity, a.ip(), a.port()) {
-                    Some(d) if d.is_allow() => {
-                        decision.reason =
-                            format!("{}; {a} ({why}) allowed by {}", decision.reason, d.reason);
-                    }
-                    _ => {
-                        return Err(Refusal {
-                            resolved: shown_addrs(),
-                            ..Refusal::deny(format!(
-                                "{a} is a {why}; no forward rule names it explicitly"
-                            ))
-                        });
-                    }
-                }
-            }
-        }
+        let decision = policy.forward(&self.identity, &req);
+        let mut decision = screen(decision, &addrs, &f.own, |ip, port| {
+            policy.forward_explicit(&self.identity, ip, port)
+        })
+        .map_err(|reason| Refusal {
+            resolved: shown_addrs(),
+            ..Refusal::deny(reason)
+        })?;
         if decision.verdict == Verdict::Approve {
             let Some(approver) = &f.approver else {
                 return Err(Refusal {
@@ -378,6 +360,34 @@ impl ForwardContext {
             decision,
         })
     }
+}
+
+/// Apply the address checks to a policy decision: a deny stays a deny
+/// (`Err(reason)`); an allow/approve survives only if no resolved address is
+/// protected, or every protected one is named by an explicit rule
+/// (`explicit(ip, port)` allows), whose reason is appended.
+fn screen(
+    decision: Decision,
+    addrs: &[SocketAddr],
+    own: &[SocketAddr],
+    explicit: impl Fn(IpAddr, u16) -> Option<Decision>,
+) -> Result<Decision, String> {
+    if decision.verdict == Verdict::Deny {
+        return Err(decision.reason);
+    }
+    let mut decision = decision;
+    for a in addrs {
+        if let Some(why) = resolve::protected(*a, own) {
+            match explicit(a.ip(), a.port()) {
+                Some(d) if d.is_allow() => {
+                    decision.reason =
+                        format!("{}; {a} ({why}) allowed by {}", decision.reason, d.reason);
+                }
+                _ => return Err(format!("{a}: {why}; no forward rule names it explicitly")),
+            }
+        }
+    }
+    Ok(decision)
 }
 
 /// resolve → policy → connect → accept → relay → audit, for one channel.
@@ -507,4 +517,159 @@ pub async fn handle_direct_tcpip(
         tracing::error!(parent: &span, error = %e, "cannot audit forward");
     }
     drop(permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn screen_keeps_denials_and_blocks_protected_addresses() {
+        let own = [sa("127.0.0.1:2222"), sa("127.0.0.1:8022")];
+        let none = |_: IpAddr, _: u16| None;
+        // Deny stays deny, with the policy's reason.
+        assert_eq!(
+            screen(
+                Decision::deny("no role matched (default deny)"),
+                &[sa("10.0.0.1:22")],
+                &own,
+                none
+            ),
+            Err("no role matched (default deny)".into())
+        );
+        // Allowed name, harmless address: allowed as is.
+        let ok = screen(
+            Decision::allow("p.toml:3 role 'r' forward.allow 'db:*'"),
+            &[sa("10.0.0.1:5432")],
+            &own,
+            none,
+        )
+        .unwrap();
+        assert_eq!(ok.reason, "p.toml:3 role 'r' forward.allow 'db:*'");
+        // Allowed name resolving to metadata / our own port: refused.
+        for a in [
+            "169.254.169.254:80",
+            "127.0.0.1:2222",
+            "[::1]:8022",
+            "[fd00:ec2::254]:80",
+        ] {
+            let e = screen(
+                Decision::allow("glob"),
+                &[sa("10.0.0.1:80"), sa(a)],
+                &own,
+                none,
+            )
+            .unwrap_err();
+            assert!(e.starts_with(&format!("{}:", sa(a))), "{e}");
+            assert!(e.contains("no forward rule names it explicitly"), "{e}");
+        }
+        // Approve is screened the same way.
+        assert!(
+            screen(
+                Decision::approve("r"),
+                &[sa("169.254.169.254:80")],
+                &own,
+                none
+            )
+            .is_err()
+        );
+        // An explicit rule (allow) lets it through and is named in the reason.
+        let explicit = |ip: IpAddr, port: u16| {
+            (ip == "169.254.169.254".parse::<IpAddr>().unwrap() && port == 80)
+                .then(|| Decision::allow("p.toml:9 role 'r' forward.allow '169.254.169.254:80'"))
+        };
+        let d = screen(
+            Decision::allow("glob"),
+            &[sa("169.254.169.254:80")],
+            &own,
+            explicit,
+        )
+        .unwrap();
+        assert!(d.reason.contains("allowed by p.toml:9"), "{}", d.reason);
+        // ... but only for what it names.
+        assert!(
+            screen(
+                Decision::allow("glob"),
+                &[sa("169.254.169.254:81")],
+                &own,
+                explicit
+            )
+            .is_err()
+        );
+        // An explicit deny is no permission.
+        let explicit_deny = |_: IpAddr, _: u16| Some(Decision::deny("x"));
+        assert!(
+            screen(
+                Decision::allow("glob"),
+                &[sa("169.254.169.254:80")],
+                &own,
+                explicit_deny
+            )
+            .is_err()
+        );
+    }
+
+    fn forwarder(extra: &str) -> Arc<Forwarder> {
+        let p = std::path::Path::new("t.toml");
+        let cfg = crate::config::parse(extra, p)
+            .unwrap()
+            .validate(p, None)
+            .unwrap();
+        Forwarder::new(&cfg, PolicyHandle::default(), Store::in_memory().unwrap())
+    }
+
+    fn ident() -> Identity {
+        Identity {
+            issuer: "local".into(),
+            subject: "alice".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn plan_refuses_before_policy_when_it_must() {
+        let f = forwarder("[targets]\ndb = \"127.0.0.1:5432\"\n");
+        let no_pf = f.connection("c1", ident(), false);
+        let r = no_pf.plan("db", 5432).await.unwrap_err();
+        assert_eq!(r.reason, "certificate lacks permit-port-forwarding");
+        assert!(matches!(
+            r.code,
+            ChannelOpenFailure::AdministrativelyProhibited
+        ));
+        let ctx = f.connection("c2", ident(), true);
+        for (host, port, why) in [
+            ("db", 1u32, "is port 5432, not 1"),
+            ("nosuch", 22, "unknown target"),
+            ("a\0b", 22, "NUL"),
+            ("x.example", 0, "invalid port"),
+            ("x.example", 70000, "invalid port"),
+        ] {
+            let r = ctx.plan(host, port).await.unwrap_err();
+            assert!(r.reason.contains(why), "{host}:{port}: {}", r.reason);
+            assert_eq!(r.decision, Verdict::Deny);
+        }
+        // Valid and resolvable, but the (placeholder) policy denies: the
+        // policy's reason is what the audit row gets.
+        let r = ctx.plan("db", 5432).await.unwrap_err();
+        assert_eq!(r.reason, "no role matched (default deny)");
+        assert_eq!(r.resolved.as_deref(), Some("127.0.0.1:5432"));
+    }
+
+    #[test]
+    fn decide_other_is_audited() {
+        let f = forwarder("");
+        let ctx = f.connection("c9", ident(), true);
+        let d = ctx.decide_other(ForwardKind::Remote, "0.0.0.0", 8080);
+        assert!(!d.is_allow());
+        let rows = f.audit.list_forwards(10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kind, "remote");
+        assert_eq!(rows[0].target, "0.0.0.0:8080");
+        assert_eq!(rows[0].decision, "deny");
+        assert_eq!(rows[0].connection_id, "c9");
+    }
 }

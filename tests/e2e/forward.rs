@@ -335,7 +335,7 @@ fn unreachable_and_protected_targets_are_refused_and_audited() {
         (
             "metadata.test:80".into(),
             "administratively prohibited",
-            "169.254.169.254:80 is a link-local/metadata",
+            "169.254.169.254:80: link-local/metadata",
         ),
         (
             format!("localhost:{own}"),
