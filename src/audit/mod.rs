@@ -14,7 +14,10 @@ use rusqlite::Connection;
 
 /// Migrations in order; the schema version is the number applied.
 pub mod certs;
+pub mod connections;
+pub mod events;
 pub mod forwards;
+pub mod sessions;
 
 const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("migrations/0001_init.sql"))];
 

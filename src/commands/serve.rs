@@ -1,12 +1,104 @@
-//! `sallyport serve`: run the bastion (SSH server, HTTP API, audit, recordings) until SIGINT/SIGTERM.
+//! `sallyport serve`: run the bastion (SSH server, audit, recordings) until
+//! SIGINT/SIGTERM. First start creates the data dir, CA and host keys, the
+//! audit database and the recordings folder (0700). Shutdown is graceful:
+//! stop accepting, end sessions (children killed, exit-status and close
+//! sent, recordings finished, audit rows closed), exit 0.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use super::Global;
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::{Global, open_ca, open_store};
+use crate::policy::{Policy, PolicyHandle};
+use crate::shell::Account;
+use crate::ssh::Shared;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-pub async fn run(_g: &Global, _args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`sallyport serve` is not implemented yet")
+pub async fn run(g: &Global, _args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = g.load_config()?;
+    let keys = open_ca(&cfg)?;
+    let store = open_store(&cfg)?;
+    let rec_dir = &cfg.recording.dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(rec_dir)
+        .with_context(|| format!("cannot create recordings dir {}", rec_dir.display()))?;
+    std::fs::set_permissions(rec_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict recordings dir {}", rec_dir.display()))?;
+    let orphans = store
+        .close_orphan_sessions("server stopped without closing it (crash or kill)")
+        .context("cannot update the audit database")?;
+    if orphans > 0 {
+        tracing::warn!("closed {orphans} session(s) left open by a previous run");
+    }
+
+    let account = Account::lookup(cfg.ssh.run_as.as_deref()).context("ssh.run_as")?;
+    if account.is_foreign() && !nix::unistd::getuid().is_root() {
+        anyhow::bail!(
+            "ssh.run_as = {:?}: sessions can run as another account only when sallyport runs as root",
+            account.name
+        );
+    }
+    if account.is_root() {
+        tracing::warn!(
+            "!!! SESSIONS RUN AS root: every user who may open a shell gets full control of this host. \
+             Set ssh.run_as to an unprivileged account !!!"
+        );
+    }
+
+    // POLICY PLACEHOLDER — the policy loader replaces this one line.
+    let policy = PolicyHandle::new(Policy::default());
+
+    let shutdown = CancellationToken::new();
+    let listen = cfg.ssh.listen;
+    let shared = Arc::new(
+        Shared::new(cfg, keys, store, policy, account, shutdown.clone())
+            .context("cannot set up the SSH server")?,
+    );
+    if !shared.breakglass.is_empty() {
+        tracing::warn!(
+            "break-glass authorized_keys enabled with {} key(s)",
+            shared.breakglass.len()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (ssh.listen)"))?;
+    tracing::info!(
+        addr = %listener.local_addr().unwrap_or(listen),
+        data_dir = %shared.config.data_dir.display(),
+        run_as = %shared.account.name,
+        "sallyport SSH listening"
+    );
+
+    let sig = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, ending sessions");
+        sig.cancel();
+    });
+    crate::ssh::serve(shared, listener).await?;
+    tracing::info!("shutdown complete");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

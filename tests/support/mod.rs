@@ -467,3 +467,35 @@ pub fn keygen(path: &Path) {
         .unwrap();
     assert!(st.success(), "ssh-keygen failed for {}", path.display());
 }
+
+/// `asciinema cat FILE` as exact bytes. asciinema 2.x `cat` opens /dev/tty
+/// (to set raw mode) even when stdout is a pipe, so it runs under `script`
+/// (a pty) with stdout sent to a file.
+pub fn asciinema_cat(path: &Path) -> Result<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out");
+    let err_path = dir.path().join("err");
+    let st = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "asciinema cat '{}' > '{}' 2> '{}'",
+            path.display(),
+            out_path.display(),
+            err_path.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let out = std::fs::read(&out_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if st.success() && err.trim().is_empty() {
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    } else {
+        Err(format!(
+            "asciinema cat {} failed ({st:?}): {err}",
+            path.display()
+        ))
+    }
+}

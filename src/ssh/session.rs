@@ -1,0 +1,791 @@
+//! One shell or exec channel: policy check, recording, child start, and the
+//! task that pumps bytes until the child exits, then sends exit-status (or
+//! exit-signal), EOF and close and closes the audit row.
+//!
+//! Two seams are kept explicit because masking and command guarding plug in
+//! there:
+//! - [`OutputSeam::deliver`]: every chunk of child output passes through it
+//!   on its way to the recorder and the client (the masker transforms it).
+//! - [`InputSeam::admit`]: every chunk of client input passes through it
+//!   before it reaches the child (the interactive line guard holds and
+//!   inspects it). It is `async` and runs in its own task, so waiting there
+//!   (e.g. for an approval) stalls only this channel's input — not its
+//!   output, not other channels, not the connection.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use russh::ChannelId;
+use russh::server::Handle;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::handler::Authed;
+use crate::audit::events::Event;
+use crate::audit::sessions::{SessionEnd, SessionStart};
+use crate::guard::CommandLine;
+use crate::policy::Verdict;
+use crate::record::{self, Header, Recorder};
+use crate::shell::{self, Exit, PtyChild, Spec};
+
+/// Exit status for a command policy refused (like a shell's "cannot execute").
+pub const EXIT_DENIED: u32 = 126;
+
+/// After the child exited, how long to keep reading output that
+/// descendants still write to the pty/pipes before closing anyway.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Input buffered per channel between the connection and the input task.
+const INPUT_QUEUE: usize = 256;
+
+/// A `pty-req` as received.
+#[derive(Debug, Clone)]
+pub struct PtyReq {
+    pub term: String,
+    pub cols: u32,
+    pub rows: u32,
+}
+
+/// A shell/exec request with everything collected before it.
+#[derive(Debug)]
+pub struct Request {
+    pub conn_id: String,
+    pub channel: ChannelId,
+    pub authed: Authed,
+    /// The command the client asked for; `None` = shell.
+    pub requested: Option<String>,
+    pub pty: Option<PtyReq>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Why a request did not start.
+#[derive(Debug)]
+pub enum Refused {
+    /// Reply channel-failure (recording or child could not be created).
+    Failure,
+    /// Accept the request, tell the user why on stderr, exit 126, close.
+    Denied(String),
+}
+
+/// Client input for the child.
+#[derive(Debug)]
+pub enum Input {
+    Data(Bytes),
+    Eof,
+}
+
+/// Out-of-band requests for a running channel.
+#[derive(Debug)]
+pub enum Ctl {
+    Resize(u32, u32),
+    Signal(String),
+    /// The client closed the channel or the connection dropped.
+    ClientClosed,
+}
+
+/// The handler's grip on a running channel.
+#[derive(Debug)]
+pub struct Control {
+    input: mpsc::Sender<Input>,
+    ctl: mpsc::UnboundedSender<Ctl>,
+}
+
+impl Control {
+    /// Queue client input. Waits when the channel's input queue is full,
+    /// which pushes back on this connection (as a full SSH window would).
+    pub async fn input(&self, i: Input) {
+        let _ = self.input.send(i).await;
+    }
+    pub fn ctl(&self, c: Ctl) {
+        let _ = self.ctl.send(c);
+    }
+}
+
+/// Seam (a): child output on its way to the recorder and the client.
+pub struct OutputSeam {
+    recorder: Arc<Mutex<Option<Recorder>>>,
+    bytes_out: u64,
+}
+
+impl OutputSeam {
+    /// Record `data` and return what the client gets. `stderr` marks
+    /// extended data of a non-pty exec (recorded as output too, so the
+    /// recording shows what the user saw). Masking goes here: transform
+    /// `data` before both uses (the recording is always masked; the client
+    /// copy when the grant says `mask_live`).
+    pub fn deliver(&mut self, data: Bytes, _stderr: bool) -> Result<Bytes, record::Error> {
+        self.bytes_out += data.len() as u64;
+        with_recorder(&self.recorder, |r| r.output(&data))?;
+        Ok(data)
+    }
+}
+
+/// Seam (b): client input on its way to the child.
+pub struct InputSeam {
+    recorder: Arc<Mutex<Option<Recorder>>>,
+    record_input: bool,
+    bytes_in: Arc<AtomicU64>,
+    /// Whether the child reads from a pty (typed lines) or a pipe.
+    pub pty: bool,
+}
+
+impl InputSeam {
+    /// Decide what of `data` reaches the child now; `Ok(None)` holds it
+    /// back. The interactive line guard hooks in here: it may await (an
+    /// approval) without blocking anything but this channel's input.
+    pub async fn admit(&mut self, data: Bytes) -> Result<Option<Bytes>, record::Error> {
+        self.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.record_input {
+            with_recorder(&self.recorder, |r| r.input(&data))?;
+        }
+        Ok(Some(data))
+    }
+}
+
+fn with_recorder(
+    rec: &Arc<Mutex<Option<Recorder>>>,
+    f: impl FnOnce(&mut Recorder) -> Result<(), record::Error>,
+) -> Result<(), record::Error> {
+    let mut g = match rec.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    match g.as_mut() {
+        Some(r) => f(r),
+        None => Ok(()),
+    }
+}
+
+fn event(shared: &Shared, e: Event<'_>) {
+    if let Err(err) = shared.store.record_event(&e) {
+        tracing::error!(error = %err, "audit: cannot record event");
+    }
+}
+
+/// Check policy, create the recording, start the child and its task.
+pub fn start(
+    shared: &Arc<Shared>,
+    req: Request,
+    handle: Handle,
+    running: watch::Sender<usize>,
+) -> Result<Control, Refused> {
+    let identity = &req.authed.identity;
+    let policy = shared.policy.current();
+    let grant = policy.session(identity);
+    // A force-command in the certificate replaces whatever was asked
+    // (sshd's ForceCommand); the request survives in SSH_ORIGINAL_COMMAND.
+    let (command, original) = match req.authed.force_command() {
+        Some(fc) => (Some(fc.to_string()), req.requested.clone()),
+        None => (req.requested.clone(), None),
+    };
+    let kind = if command.is_some() { "exec" } else { "shell" };
+    let subject = identity.subject.as_str();
+    let deny = |detail: &str, reason: &str, message: String| {
+        tracing::info!(subject, "{kind} denied: {detail}: {reason}");
+        event(
+            shared,
+            Event {
+                connection_id: Some(&req.conn_id),
+                kind: "command-blocked",
+                subject: Some(subject),
+                detail,
+                decision: Some("deny"),
+                reason: Some(reason),
+                ..Default::default()
+            },
+        );
+        Refused::Denied(message)
+    };
+    match &command {
+        None if !grant.shell => {
+            return Err(deny(
+                "shell",
+                &grant.reason,
+                format!(
+                    "sallyport: interactive shells are not allowed for {} ({})\r\n",
+                    identity.display(),
+                    grant.reason
+                ),
+            ));
+        }
+        Some(c) if !grant.exec => {
+            return Err(deny(
+                c,
+                &grant.reason,
+                format!(
+                    "sallyport: commands are not allowed for {} ({})\n",
+                    identity.display(),
+                    grant.reason
+                ),
+            ));
+        }
+        Some(c) => {
+            let line = command_line(c);
+            let d = policy.exec(identity, &line);
+            match d.verdict {
+                Verdict::Allow => {}
+                // Approvals are not wired yet: an exec that needs one is
+                // refused with the rule named. The wait belongs in the
+                // session task (before spawning), not in the handler.
+                Verdict::Approve => {
+                    return Err(deny(
+                        c,
+                        &d.reason,
+                        format!(
+                            "sallyport: `{c}` needs an approval, which this server cannot take yet ({})\n",
+                            d.reason
+                        ),
+                    ));
+                }
+                Verdict::Deny => {
+                    return Err(deny(
+                        c,
+                        &d.reason,
+                        format!("sallyport: `{c}` denied by policy: {}\n", d.reason),
+                    ));
+                }
+            }
+        }
+        None => {}
+    }
+
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let span = tracing::info_span!("session", id = %session_id, subject, kind);
+    let _enter = span.enter();
+    let path = record::recording_path(&shared.config.recording.dir, &session_id);
+    let (cols, rows) = req.pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+    let term = req.pty.as_ref().map(|p| p.term.clone());
+    let mut env_hdr = BTreeMap::new();
+    env_hdr.insert("SHELL".to_string(), shared.shell.display().to_string());
+    if let Some(t) = &term {
+        env_hdr.insert("TERM".to_string(), t.clone());
+    }
+    let header = Header {
+        width: cols.clamp(1, u16::MAX as u32) as u16,
+        height: rows.clamp(1, u16::MAX as u32) as u16,
+        timestamp: time::OffsetDateTime::now_utc().unix_timestamp(),
+        title: format!("{} — {} as {} — session {session_id}", identity.display(), kind, req.authed.user),
+        env: env_hdr,
+        command: command.clone(),
+    };
+    let recorder = match Recorder::create(&path, &header) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "refusing the session: recording cannot be created");
+            event(
+                shared,
+                Event {
+                    connection_id: Some(&req.conn_id),
+                    session_id: Some(&session_id),
+                    kind: "recording-failed",
+                    subject: Some(subject),
+                    detail: &e.to_string(),
+                    decision: Some("deny"),
+                    reason: Some("a session that cannot be recorded does not run"),
+                },
+            );
+            return Err(Refused::Failure);
+        }
+    };
+
+    let env = shell::session_env(
+        &shared.account,
+        &shared.shell,
+        term.as_deref(),
+        &session_id,
+        original.as_deref(),
+        &req.env,
+    );
+    let spec = Spec {
+        account: shared.account.clone(),
+        shell: shared.shell.clone(),
+        command: command.clone(),
+        env,
+    };
+    let child = if req.pty.is_some() {
+        shell::spawn_pty(&spec, cols, rows).map(Child::Pty)
+    } else {
+        shell::spawn_pipes(&spec).map(Child::Pipes)
+    };
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the session child");
+            let _ = recorder.finish();
+            event(
+                shared,
+                Event {
+                    connection_id: Some(&req.conn_id),
+                    session_id: Some(&session_id),
+                    kind: "spawn-failed",
+                    subject: Some(subject),
+                    detail: &e.to_string(),
+                    ..Default::default()
+                },
+            );
+            return Err(Refused::Failure);
+        }
+    };
+    let path_s = path.display().to_string();
+    if let Err(e) = shared.store.session_started(&SessionStart {
+        id: &session_id,
+        connection_id: &req.conn_id,
+        channel: channel_num(req.channel),
+        user: &req.authed.user,
+        identity,
+        kind,
+        command: command.as_deref(),
+        pty: req.pty.is_some(),
+        term: term.as_deref(),
+        cols: req.pty.as_ref().map(|p| p.cols),
+        rows: req.pty.as_ref().map(|p| p.rows),
+        recording: Some(&path_s),
+    }) {
+        // Fail closed: an unaudited session does not run.
+        tracing::error!(error = %e, "audit: cannot record session; refusing it");
+        child.kill();
+        let _ = recorder.finish();
+        return Err(Refused::Failure);
+    }
+    tracing::info!(command = command.as_deref().unwrap_or(""), pty = req.pty.is_some(), recording = %path_s, "session started");
+
+    let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let recorder = Arc::new(Mutex::new(Some(recorder)));
+    let failed = CancellationToken::new();
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let input = InputSeam {
+        recorder: Arc::clone(&recorder),
+        record_input: shared.config.recording.input || grant.record_input,
+        bytes_in: Arc::clone(&bytes_in),
+        pty: req.pty.is_some(),
+    };
+    running.send_modify(|n| *n += 1);
+    let task = Task {
+        shared: Arc::clone(shared),
+        session_id,
+        conn_id: req.conn_id,
+        subject: identity.subject.clone(),
+        channel: req.channel,
+        handle,
+        output: OutputSeam {
+            recorder,
+            bytes_out: 0,
+        },
+        bytes_in,
+        failed,
+        running,
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        task.run(child, input, in_rx, ctl_rx),
+        span.clone(),
+    ));
+    Ok(Control {
+        input: in_tx,
+        ctl: ctl_tx,
+    })
+}
+
+fn channel_num(c: ChannelId) -> u32 {
+    // ChannelId has no public accessor for its number; Display prints it.
+    c.to_string().parse().unwrap_or(0)
+}
+
+/// The guard's view of an exec command. Placeholder until
+/// `guard::parse::parse` lands: one simple command split like a shell would,
+/// or the whole text as opaque when it does not even split.
+pub fn command_line(raw: &str) -> CommandLine {
+    match shell_words::split(raw) {
+        Ok(argv) => CommandLine {
+            raw: raw.to_string(),
+            simple: vec![argv],
+            opaque: vec![],
+        },
+        Err(_) => CommandLine {
+            raw: raw.to_string(),
+            simple: vec![],
+            opaque: vec![raw.to_string()],
+        },
+    }
+}
+
+enum Child {
+    Pty((PtyChild, shell::PtyIo)),
+    Pipes(tokio::process::Child),
+}
+
+impl Child {
+    fn kill(self) {
+        match self {
+            Child::Pty((c, _)) => {
+                if let Some(pid) = c.pid() {
+                    shell::signal(pid, "KILL", false);
+                }
+            }
+            Child::Pipes(mut c) => {
+                let _ = c.start_kill();
+            }
+        }
+    }
+}
+
+/// Where admitted input goes.
+enum Sink {
+    /// A writer thread owns the blocking pty writer.
+    Pty(std::sync::mpsc::Sender<Bytes>),
+    Pipe(Option<tokio::process::ChildStdin>),
+}
+
+struct Task {
+    shared: Arc<Shared>,
+    session_id: String,
+    conn_id: String,
+    subject: String,
+    channel: ChannelId,
+    handle: Handle,
+    output: OutputSeam,
+    bytes_in: Arc<AtomicU64>,
+    /// Cancelled when recording fails mid-session.
+    failed: CancellationToken,
+    running: watch::Sender<usize>,
+}
+
+enum Out {
+    Data(Bytes, bool),
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        child: Child,
+        seam: InputSeam,
+        in_rx: mpsc::Receiver<Input>,
+        mut ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+    ) {
+        let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
+        let (exit_tx, mut exit_rx) = oneshot::channel::<Exit>();
+        let mut pty_master: Option<PtyChild> = None;
+        let pid: Option<u32>;
+        let group: bool;
+        let sink = match child {
+            Child::Pty((master, io)) => {
+                pid = master.pid();
+                group = false;
+                pty_master = Some(master);
+                let shell::PtyIo {
+                    mut reader,
+                    mut writer,
+                    wait,
+                } = io;
+                let tx = out_tx.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    loop {
+                        match reader.read(&mut buf) {
+                            // EIO once the child and its descendants closed the pty.
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
+                                if tx.blocking_send(Out::Data(chunk, false)).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    let _ = exit_tx.send(wait());
+                });
+                let (wtx, wrx) = std::sync::mpsc::channel::<Bytes>();
+                std::thread::spawn(move || {
+                    while let Ok(b) = wrx.recv() {
+                        if writer.write_all(&b).and_then(|_| writer.flush()).is_err() {
+                            break;
+                        }
+                    }
+                });
+                Sink::Pty(wtx)
+            }
+            Child::Pipes(mut c) => {
+                pid = c.id();
+                group = true;
+                let stdin = c.stdin.take();
+                if let Some(mut so) = c.stdout.take() {
+                    let tx = out_tx.clone();
+                    tokio::spawn(async move { pump(&mut so, tx, false).await });
+                }
+                if let Some(mut se) = c.stderr.take() {
+                    let tx = out_tx.clone();
+                    tokio::spawn(async move { pump(&mut se, tx, true).await });
+                }
+                tokio::spawn(async move {
+                    let e = match c.wait().await {
+                        Ok(st) => shell::exit_of(st),
+                        Err(_) => Exit::Code(255),
+                    };
+                    let _ = exit_tx.send(e);
+                });
+                Sink::Pipe(stdin)
+            }
+        };
+        drop(out_tx);
+        let input_task = tokio::spawn(input_loop(seam, in_rx, sink, self.failed.clone()));
+
+        let mut exit: Option<Exit> = None;
+        let mut out_open = true;
+        let mut end_reason: Option<String> = None;
+        let mut killed = false;
+        let shutdown = self.shared.shutdown.clone();
+        let failed = self.failed.clone();
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if exit.is_some() && !out_open {
+                break;
+            }
+            if exit.is_some() && drain_deadline.is_none() {
+                drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            tokio::select! {
+                m = out_rx.recv(), if out_open => match m {
+                    Some(Out::Data(b, stderr)) => {
+                        if !self.send_output(b, stderr).await && end_reason.is_none() {
+                            end_reason = Some("client gone".into());
+                            kill(pid, group, &mut killed);
+                        }
+                    }
+                    None => out_open = false,
+                },
+                e = &mut exit_rx, if exit.is_none() => {
+                    exit = Some(e.unwrap_or(Exit::Code(255)));
+                }
+                c = ctl_rx.recv() => match c {
+                    Some(Ctl::Resize(cols, rows)) => self.resize(pty_master.as_ref(), cols, rows),
+                    Some(Ctl::Signal(name)) => {
+                        if let Some(p) = pid {
+                            tracing::info!(signal = %name, "forwarding signal");
+                            shell::signal(p, &name, group);
+                        }
+                    }
+                    Some(Ctl::ClientClosed) | None => {
+                        if end_reason.is_none() {
+                            end_reason = Some("client closed the channel".into());
+                        }
+                        // Like sshd: the session's terminal hung up.
+                        if exit.is_none() && !killed {
+                            if let Some(p) = pid {
+                                shell::signal(p, "HUP", group);
+                            }
+                            killed = true;
+                        }
+                        // Nobody will read further output.
+                        out_open = out_open && exit.is_none();
+                    }
+                },
+                _ = shutdown.cancelled(), if !killed => {
+                    end_reason.get_or_insert_with(|| "server shutdown".into());
+                    kill(pid, group, &mut killed);
+                }
+                _ = failed.cancelled(), if !killed => {
+                    end_reason.get_or_insert_with(|| "recording failed".into());
+                    kill(pid, group, &mut killed);
+                }
+                _ = sleep_until_opt(drain_deadline), if out_open => {
+                    // A background process still holds the terminal or pipes.
+                    out_open = false;
+                }
+            }
+        }
+        input_task.abort();
+        let exit = exit.unwrap_or(Exit::Code(255));
+        let ch = self.channel;
+        match &exit {
+            Exit::Code(c) => {
+                let _ = self.handle.exit_status_request(ch, *c).await;
+            }
+            Exit::Signal(name, core) => {
+                let _ = self
+                    .handle
+                    .exit_signal_request(ch, super::sig_from_name(name), *core, String::new(), String::new())
+                    .await;
+            }
+        }
+        let _ = self.handle.eof(ch).await;
+        let _ = self.handle.close(ch).await;
+        drop(pty_master);
+        let rec = match self.output.recorder.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(r) = rec
+            && let Err(e) = r.finish()
+        {
+            tracing::error!(error = %e, "recording could not be finished");
+        }
+        let (status, signal) = match &exit {
+            Exit::Code(c) => (Some(*c), None),
+            Exit::Signal(s, _) => (None, Some(s.as_str())),
+        };
+        let reason = end_reason.unwrap_or_else(|| "exited".into());
+        tracing::info!(exit = ?exit, reason = %reason, "session ended");
+        if let Err(e) = self.shared.store.session_ended(
+            &self.session_id,
+            &SessionEnd {
+                exit_status: status,
+                exit_signal: signal,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: self.output.bytes_out,
+                reason: &reason,
+            },
+        ) {
+            tracing::error!(error = %e, "audit: cannot close session row");
+        }
+        self.running.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Output through seam (a) to the client. False when the client is gone.
+    async fn send_output(&mut self, data: Bytes, stderr: bool) -> bool {
+        let data = match self.output.deliver(data, stderr) {
+            Ok(d) => d,
+            Err(e) => {
+                self.recording_failed(&e);
+                return true;
+            }
+        };
+        let r = if stderr {
+            self.handle.extended_data(self.channel, 1, data).await
+        } else {
+            self.handle.data(self.channel, data).await
+        };
+        r.is_ok()
+    }
+
+    fn resize(&mut self, pty: Option<&PtyChild>, cols: u32, rows: u32) {
+        let Some(p) = pty else { return };
+        if let Err(e) = p.resize(cols, rows) {
+            tracing::warn!(error = %e, "resize failed");
+        }
+        let (c, r) = (cols.clamp(1, u16::MAX as u32) as u16, rows.clamp(1, u16::MAX as u32) as u16);
+        if let Err(e) = with_recorder(&self.output.recorder, |rec| rec.resize(c, r)) {
+            self.recording_failed(&e);
+        }
+        let _ = self.shared.store.session_resized(&self.session_id, cols, rows);
+    }
+
+    fn recording_failed(&mut self, e: &record::Error) {
+        if self.failed.is_cancelled() {
+            return;
+        }
+        tracing::error!(error = %e, "recording failed mid-session: ending the session");
+        event(
+            &self.shared,
+            Event {
+                connection_id: Some(&self.conn_id),
+                session_id: Some(&self.session_id),
+                kind: "recording-failed",
+                subject: Some(&self.subject),
+                detail: &e.to_string(),
+                decision: Some("deny"),
+                reason: Some("a session that cannot be recorded does not run"),
+            },
+        );
+        self.failed.cancel();
+    }
+}
+
+fn kill(pid: Option<u32>, group: bool, killed: &mut bool) {
+    if let Some(p) = pid {
+        // SIGHUP first would let a shell ignore it; the session is over.
+        shell::signal(p, "HUP", group);
+        shell::signal(p, "KILL", group);
+    }
+    *killed = true;
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn pump(r: &mut (impl tokio::io::AsyncRead + Unpin), tx: mpsc::Sender<Out>, stderr: bool) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
+                if tx.send(Out::Data(chunk, stderr)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Client input through seam (b) into the child, in its own task.
+async fn input_loop(
+    mut seam: InputSeam,
+    mut rx: mpsc::Receiver<Input>,
+    mut sink: Sink,
+    failed: CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(i) = rx.recv().await {
+        match i {
+            Input::Data(d) => {
+                let admitted = match seam.admit(d).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(error = %e, "recording input failed: ending the session");
+                        failed.cancel();
+                        return;
+                    }
+                };
+                let Some(d) = admitted else { continue };
+                match &mut sink {
+                    Sink::Pty(tx) => {
+                        if tx.send(d).is_err() {
+                            return;
+                        }
+                    }
+                    Sink::Pipe(Some(w)) => {
+                        if w.write_all(&d).await.is_err() {
+                            sink = Sink::Pipe(None);
+                        }
+                    }
+                    Sink::Pipe(None) => {}
+                }
+            }
+            Input::Eof => {
+                // A pipe child sees EOF on stdin; a pty has no half-close
+                // (sshd does not forward EOF to a pty either).
+                if let Sink::Pipe(w) = &mut sink
+                    && let Some(mut w) = w.take()
+                {
+                    let _ = w.shutdown().await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_splits_or_goes_opaque() {
+        let c = command_line("ls -l '/tmp/a b'");
+        assert_eq!(c.simple, vec![vec!["ls", "-l", "/tmp/a b"]]);
+        let c = command_line("echo 'unterminated");
+        assert!(c.simple.is_empty());
+        assert_eq!(c.opaque.len(), 1);
+    }
+}
