@@ -149,9 +149,11 @@ mod tests {
         s.connection_closed("c1", "later reason ignored").unwrap();
         let reason: String = s
             .lock()
-            .query_row("SELECT end_reason FROM connections WHERE id='c1'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT end_reason FROM connections WHERE id='c1'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(reason, "client closed");
         let a = s.list_auth_attempts(10).unwrap();

@@ -63,7 +63,8 @@ pub struct SessionRow {
     pub end_reason: Option<String>,
 }
 
-const COLS: &str = "id, connection_id, channel, user, identity, subject, on_behalf_of, kind, command,
+const COLS: &str =
+    "id, connection_id, channel, user, identity, subject, on_behalf_of, kind, command,
     pty, term, cols, rows, started_at, ended_at, exit_status, exit_signal, bytes_in, bytes_out,
     recording, end_reason";
 

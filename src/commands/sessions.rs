@@ -127,9 +127,11 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn find(store: &crate::audit::Store, id: &str) -> anyhow::Result<SessionRow> {
-    store
-        .get_session(id)?
-        .ok_or_else(|| anyhow::anyhow!("no session {id:?} (or the prefix is ambiguous); see `sallyport sessions list`"))
+    store.get_session(id)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no session {id:?} (or the prefix is ambiguous); see `sallyport sessions list`"
+        )
+    })
 }
 
 /// The "o" events of an asciicast v2 file concatenated (what `asciinema cat` prints).

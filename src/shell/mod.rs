@@ -49,7 +49,10 @@ impl Account {
                 nix::unistd::User::from_uid(uid)
                     .map_err(|e| Error::Account(uid.to_string(), e.to_string()))?
                     .ok_or_else(|| {
-                        Error::Account(uid.to_string(), "the current uid has no passwd entry".into())
+                        Error::Account(
+                            uid.to_string(),
+                            "the current uid has no passwd entry".into(),
+                        )
                     })?
             }
         };
@@ -231,13 +234,10 @@ pub fn spawn_pty(spec: &Spec, cols: u32, rows: u32) -> Result<(PtyChild, PtyIo),
     } else {
         PathBuf::from("/")
     });
-    let child = pair
-        .slave
-        .spawn_command(cmd)
-        .map_err(|e| Error::Spawn {
-            program: spec.shell.display().to_string(),
-            message: e.to_string(),
-        })?;
+    let child = pair.slave.spawn_command(cmd).map_err(|e| Error::Spawn {
+        program: spec.shell.display().to_string(),
+        message: e.to_string(),
+    })?;
     // Our copy of the slave must go, or reads never see EIO when the child exits.
     drop(pair.slave);
     let pid = child.process_id();
@@ -425,7 +425,14 @@ mod tests {
         let spec = Spec {
             shell: PathBuf::from("/bin/sh"),
             command: Some("stty size; kill -TERM $$".into()),
-            env: session_env(&a, std::path::Path::new("/bin/sh"), Some("dumb"), "s", None, &[]),
+            env: session_env(
+                &a,
+                std::path::Path::new("/bin/sh"),
+                Some("dumb"),
+                "s",
+                None,
+                &[],
+            ),
             account: a,
         };
         let (_child, mut io) = spawn_pty(&spec, 100, 30).unwrap();

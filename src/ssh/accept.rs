@@ -183,8 +183,11 @@ async fn connection(
     .await;
     let session = match started {
         Err(_) => {
-            tracing::info!("dropped: no SSH version string before the login grace time ({grace:?})");
-            let _ = store.connection_closed(&conn_id, "login grace time exceeded (no version string)");
+            tracing::info!(
+                "dropped: no SSH version string before the login grace time ({grace:?})"
+            );
+            let _ =
+                store.connection_closed(&conn_id, "login grace time exceeded (no version string)");
             return;
         }
         Ok(Err(e)) => {

@@ -66,6 +66,11 @@ impl Authed {
     pub fn permit_pty(&self) -> bool {
         self.cert.as_ref().is_none_or(|c| c.permit_pty)
     }
+    /// Certificates must carry permit-port-forwarding; break-glass keys
+    /// (no certificate) are left to policy, like `permit_pty`.
+    pub fn permit_port_forwarding(&self) -> bool {
+        self.cert.as_ref().is_none_or(|c| c.permit_port_forwarding)
+    }
     pub fn force_command(&self) -> Option<&str> {
         self.cert.as_ref().and_then(|c| c.force_command.as_deref())
     }
@@ -94,6 +99,8 @@ pub struct ConnHandler {
     channels: HashMap<ChannelId, Chan>,
     /// Session channels opened so far on this connection (MaxSessions-like).
     opened: u32,
+    /// Forwarding state of this connection, made at the first direct-tcpip.
+    forwards: Option<crate::tunnel::ForwardContext>,
 }
 
 impl ConnHandler {
@@ -115,6 +122,7 @@ impl ConnHandler {
             probe,
             channels: HashMap::new(),
             opened: 0,
+            forwards: None,
         }
     }
 
@@ -138,7 +146,10 @@ impl ConnHandler {
     /// Record a refused request and log it.
     fn denied(&self, detail: &str, reason: &str) {
         let subject = self.authed.as_ref().map(|a| a.identity.subject.as_str());
-        tracing::info!(subject = subject.unwrap_or(""), "request denied: {detail}: {reason}");
+        tracing::info!(
+            subject = subject.unwrap_or(""),
+            "request denied: {detail}: {reason}"
+        );
         if let Err(e) = self.shared.store.record_event(&Event {
             connection_id: Some(&self.conn_id),
             kind: "request-denied",
@@ -168,7 +179,10 @@ impl ConnHandler {
         self.authed = Some(authed);
     }
 
-    fn pending_mut(&mut self, ch: ChannelId) -> Option<(&mut Option<PtyReq>, &mut Vec<(String, String)>)> {
+    fn pending_mut(
+        &mut self,
+        ch: ChannelId,
+    ) -> Option<(&mut Option<PtyReq>, &mut Vec<(String, String)>)> {
         match self.channels.get_mut(&ch) {
             Some(Chan::Pending { pty, env }) => Some((pty, env)),
             _ => None,
@@ -176,7 +190,12 @@ impl ConnHandler {
     }
 
     /// Start a shell or exec on `ch`, replying success or failure.
-    fn start(&mut self, ch: ChannelId, command: Option<String>, session: &mut Session) -> Result<(), russh::Error> {
+    fn start(
+        &mut self,
+        ch: ChannelId,
+        command: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         let Some(authed) = self.authed.clone() else {
             return session.channel_failure(ch);
         };
@@ -362,7 +381,9 @@ impl Handler for ConnHandler {
         let id = channel.id();
         drop(channel);
         if self.authed.is_none() {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         let max = self.shared.config.ssh.max_channels;
@@ -401,7 +422,9 @@ impl Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         drop(channel);
         self.denied("x11 channel", "X11 forwarding is not offered");
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -410,19 +433,38 @@ impl Handler for ConnHandler {
         channel: Channel<Msg>,
         host_to_connect: &str,
         port_to_connect: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        drop(channel);
-        // Until the tunnel module is wired in, no forwarding at all: users
-        // bypassed recording through -L to a target's sshd (warpgate #950).
-        self.denied(
-            &format!("direct-tcpip {host_to_connect}:{port_to_connect}"),
-            "port forwarding is not enabled on this bastion",
+        let Some(authed) = &self.authed else {
+            drop(channel);
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        // resolve → policy → connect → relay → audit run in the tunnel's own
+        // task; this returns at once (users bypassed recording through -L to
+        // a target's sshd, warpgate #950: forwarding is policy, not a given).
+        let ctx = self.forwards.get_or_insert_with(|| {
+            self.shared.forwarder.connection(
+                self.conn_id.clone(),
+                authed.identity.clone(),
+                authed.permit_port_forwarding(),
+            )
+        });
+        ctx.direct_tcpip(
+            channel,
+            reply,
+            host_to_connect,
+            port_to_connect,
+            crate::tunnel::Originator {
+                address: originator_address.to_string(),
+                port: originator_port,
+            },
         );
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
         Ok(())
     }
 
@@ -441,7 +483,9 @@ impl Handler for ConnHandler {
             &format!("forwarded-tcpip {host_to_connect}:{port_to_connect}"),
             "clients may not open forwarded-tcpip channels",
         );
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -457,7 +501,9 @@ impl Handler for ConnHandler {
             &format!("direct-streamlocal {socket_path}"),
             "unix socket forwarding is not offered",
         );
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -605,7 +651,8 @@ impl Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(Chan::Running(c)) = self.channels.get(&channel) {
-            c.input(Input::Data(bytes::Bytes::copy_from_slice(data))).await;
+            c.input(Input::Data(bytes::Bytes::copy_from_slice(data)))
+                .await;
         }
         Ok(())
     }

@@ -139,7 +139,8 @@ impl InputSeam {
     /// back. The interactive line guard hooks in here: it may await (an
     /// approval) without blocking anything but this channel's input.
     pub async fn admit(&mut self, data: Bytes) -> Result<Option<Bytes>, record::Error> {
-        self.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.record_input {
             with_recorder(&self.recorder, |r| r.input(&data))?;
         }
@@ -258,7 +259,11 @@ pub fn start(
     let span = tracing::info_span!("session", id = %session_id, subject, kind);
     let _enter = span.enter();
     let path = record::recording_path(&shared.config.recording.dir, &session_id);
-    let (cols, rows) = req.pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+    let (cols, rows) = req
+        .pty
+        .as_ref()
+        .map(|p| (p.cols, p.rows))
+        .unwrap_or((80, 24));
     let term = req.pty.as_ref().map(|p| p.term.clone());
     let mut env_hdr = BTreeMap::new();
     env_hdr.insert("SHELL".to_string(), shared.shell.display().to_string());
@@ -269,7 +274,12 @@ pub fn start(
         width: cols.clamp(1, u16::MAX as u32) as u16,
         height: rows.clamp(1, u16::MAX as u32) as u16,
         timestamp: time::OffsetDateTime::now_utc().unix_timestamp(),
-        title: format!("{} — {} as {} — session {session_id}", identity.display(), kind, req.authed.user),
+        title: format!(
+            "{} — {} as {} — session {session_id}",
+            identity.display(),
+            kind,
+            req.authed.user
+        ),
         env: env_hdr,
         command: command.clone(),
     };
@@ -610,7 +620,13 @@ impl Task {
             Exit::Signal(name, core) => {
                 let _ = self
                     .handle
-                    .exit_signal_request(ch, super::sig_from_name(name), *core, String::new(), String::new())
+                    .exit_signal_request(
+                        ch,
+                        super::sig_from_name(name),
+                        *core,
+                        String::new(),
+                        String::new(),
+                    )
                     .await;
             }
         }
@@ -669,11 +685,17 @@ impl Task {
         if let Err(e) = p.resize(cols, rows) {
             tracing::warn!(error = %e, "resize failed");
         }
-        let (c, r) = (cols.clamp(1, u16::MAX as u32) as u16, rows.clamp(1, u16::MAX as u32) as u16);
+        let (c, r) = (
+            cols.clamp(1, u16::MAX as u32) as u16,
+            rows.clamp(1, u16::MAX as u32) as u16,
+        );
         if let Err(e) = with_recorder(&self.output.recorder, |rec| rec.resize(c, r)) {
             self.recording_failed(&e);
         }
-        let _ = self.shared.store.session_resized(&self.session_id, cols, rows);
+        let _ = self
+            .shared
+            .store
+            .session_resized(&self.session_id, cols, rows);
     }
 
     fn recording_failed(&mut self, e: &record::Error) {

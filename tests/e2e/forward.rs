@@ -18,7 +18,9 @@ use sallyport::audit::Store;
 use sallyport::audit::forwards::ForwardRow;
 
 use crate::support::targets::{Hanging, Postgres, Sshd, echo_server, refused_port};
-use crate::support::{Proc, Server, ServerOpts, User, free_port, run_cmd, wait_for, wait_port};
+use crate::support::{
+    Proc, Server, ServerOpts, User, free_port, run_cmd, ssh_base_args, wait_for, wait_port,
+};
 
 /// Policy (docs/policy.md format) letting operator-signed identities forward
 /// to the test targets. Protected addresses are *not* named, so they stay
@@ -54,8 +56,22 @@ fn wait_row(s: &Server, what: &str, f: impl Fn(&ForwardRow) -> bool) -> ForwardR
 
 /// `ssh -W host:port` through the bastion: a stdio forward, the simplest
 /// way to make OpenSSH open exactly one direct-tcpip channel.
+/// Runs at LogLevel VERBOSE so the client prints the open failure reason
+/// (`open failed: administratively prohibited` / `connect failed`).
 fn ssh_w(s: &Server, u: &User, target: &str, stdin: &[u8]) -> crate::support::Run {
-    s.run_ssh(u, &["-W", target], Some(stdin))
+    let mut cmd = Command::new("ssh");
+    cmd.args(ssh_base_args(&s.known_hosts, u).into_iter().map(|a| {
+        if a == "LogLevel=ERROR" {
+            "LogLevel=VERBOSE".to_string()
+        } else {
+            a
+        }
+    }))
+    .arg("-p")
+    .arg(s.ssh_port.to_string())
+    .arg(format!("{}@127.0.0.1", u.name))
+    .args(["-W", target]);
+    run_cmd(cmd, Some(stdin), Duration::from_secs(60), s.log())
 }
 
 fn start(extra: &str) -> Server {
@@ -294,7 +310,7 @@ fn refusals_through_real_ssh_are_clean_and_audited() {
         ("nosuchdb:5432", "unknown target"),
         ("testdb:1", "is port 5432, not 1"),
         ("bad!host.example:22", "invalid host"),
-        ("does-not-exist.invalid:22", ""),
+        ("does-not-exist.invalid:22", "resolv"),
     ];
     for (target, why) in cases {
         let r = ssh_w(&s, &u, target, b"x").failure();
