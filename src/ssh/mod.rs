@@ -132,6 +132,19 @@ impl Shared {
             keepalive_interval: Some(s.keepalive_interval),
             keepalive_max: 3,
             nodelay: true,
+            // russh's default list lacks aes128-gcm, the AES-NI cipher many
+            // clients pick first after chacha20; offer it (bench/forward-vs-sshd.sh).
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(&[
+                    russh::cipher::CHACHA20_POLY1305,
+                    russh::cipher::AES_128_GCM,
+                    russh::cipher::AES_256_GCM,
+                    russh::cipher::AES_256_CTR,
+                    russh::cipher::AES_192_CTR,
+                    russh::cipher::AES_128_CTR,
+                ]),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

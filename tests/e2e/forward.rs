@@ -193,8 +193,9 @@ fn psql_through_ssh_l_to_a_named_target() {
     )
     .success();
     assert_eq!(r.stdout().trim(), "through-42");
+    // wait_port's probe was a forward too (0 bytes); find psql's.
     let row = wait_row(&s, "closed psql forward", |r| {
-        r.target == format!("testdb:{}", pg.port) && r.ended_at.is_some()
+        r.target == format!("testdb:{}", pg.port) && r.ended_at.is_some() && r.bytes_down > 0
     });
     assert_eq!(row.decision, "allow");
     assert_eq!(row.kind, "local");
