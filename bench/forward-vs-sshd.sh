@@ -10,6 +10,14 @@
 # in a temp dir; everything listens on 127.0.0.1 free ports; all children are
 # killed on exit.
 #
+# Measure an optimised binary (cargo build --release, or the dev profile with
+# CARGO_PROFILE_DEV_OPT_LEVEL=2): the dev profile builds sallyport itself at
+# opt-level 0, and russh's generic channel I/O monomorphised into it then
+# runs ~4x slower (-L: ~40 MiB/s vs ~160-250 MiB/s measured).
+#
+# -J uses ProxyCommand="ssh -W %h:%p bastion" (what -J expands to) so the
+# cipher can be set on the jump hop too.
+#
 # -L: ssh -L lport:sink:port bastion, then a client pushes N MiB into lport;
 #     the sink counts and acknowledges (so the time covers delivery).
 # -J: ssh -J bastion target 'cat > /dev/null' with N MiB on stdin; the target
