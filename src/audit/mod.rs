@@ -17,9 +17,16 @@ pub mod certs;
 pub mod connections;
 pub mod events;
 pub mod forwards;
+pub mod kube;
 pub mod sessions;
 
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("migrations/0001_init.sql")),
+    (
+        "0002_kube_recording",
+        include_str!("migrations/0002_kube_recording.sql"),
+    ),
+];
 
 /// Errors from the audit store.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,6 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::{Global, open_ca, open_store};
-use crate::policy::{Policy, PolicyHandle};
 use crate::shell::Account;
 use crate::ssh::Shared;
 
@@ -52,10 +51,15 @@ pub async fn run(g: &Global, _args: Args) -> anyhow::Result<ExitCode> {
         );
     }
 
-    // POLICY PLACEHOLDER — the policy loader replaces this one line.
-    let policy = PolicyHandle::new(Policy::default());
+    let (policy, policy_dir) =
+        crate::policy::load_for_serve(&cfg).context("cannot load the policy")?;
 
     let shutdown = CancellationToken::new();
+    let _policy_reloader = crate::policy::watch::spawn(
+        policy.clone(),
+        policy_dir,
+        shutdown.clone().cancelled_owned(),
+    );
     let listen = cfg.ssh.listen;
     let shared = Arc::new(
         Shared::new(cfg, keys, store, policy, account, shutdown.clone())

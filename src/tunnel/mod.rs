@@ -15,6 +15,7 @@
 //! connection's other channels.
 
 pub mod connect;
+pub mod kubeapi;
 pub mod relay;
 pub mod resolve;
 
@@ -311,7 +312,7 @@ impl ForwardContext {
         };
         let decision = policy.forward(&self.identity, &req);
         let mut decision = screen(decision, &addrs, &f.own, |ip, port| {
-            policy.forward_explicit(&self.identity, ip, port)
+            policy.forward_names_address(&self.identity, ip, port)
         })
         .map_err(|reason| Refusal {
             resolved: shown_addrs(),
@@ -652,10 +653,20 @@ mod tests {
             assert!(r.reason.contains(why), "{host}:{port}: {}", r.reason);
             assert_eq!(r.decision, Verdict::Deny);
         }
-        // Valid and resolvable, but the (placeholder) policy denies: the
+        // Valid and resolvable, but the (default) policy denies: the
         // policy's reason is what the audit row gets.
         let r = ctx.plan("db", 5432).await.unwrap_err();
-        assert_eq!(r.reason, "no role matched (default deny)");
+        let direct = PolicyHandle::default().current().forward(
+            &ident(),
+            &ForwardRequest {
+                kind: ForwardKind::Local,
+                host: "db".into(),
+                port: 5432,
+                resolved: vec!["127.0.0.1".parse().unwrap()],
+            },
+        );
+        assert_eq!(direct.verdict, Verdict::Deny);
+        assert_eq!(r.reason, direct.reason);
         assert_eq!(r.resolved.as_deref(), Some("127.0.0.1:5432"));
     }
 

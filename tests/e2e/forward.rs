@@ -34,6 +34,8 @@ issuer = ["local"]
 shell = true
 exec = true
 port_forwarding = true
+[role.exec]
+allow = ["echo *"]
 [role.forward]
 allow = ["testdb:*", "jump:*", "echo:*", "refused:*", "hanging:*", "metadata.test:*", "localhost:*"]
 "#;
@@ -160,7 +162,6 @@ fn psql(port: u16, sql: &str) -> Command {
 }
 
 #[test]
-#[ignore = "needs the policy engine (policy branch): the placeholder Policy::forward denies all"]
 fn psql_through_ssh_l_to_a_named_target() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start(dir.path());
@@ -210,7 +211,6 @@ fn psql_through_ssh_l_to_a_named_target() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (policy branch): the placeholder Policy::forward denies all"]
 fn ssh_j_login_to_a_real_sshd() {
     let dir = tempfile::tempdir().unwrap();
     // The bastion names the target's port; the target trusts the bastion's
@@ -330,7 +330,6 @@ fn refusals_through_real_ssh_are_clean_and_audited() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (policy branch): the placeholder Policy::forward denies all"]
 fn unreachable_and_protected_targets_are_refused_and_audited() {
     let hanging = Hanging::start();
     let refused = refused_port();
@@ -440,7 +439,6 @@ fn a_thousand_channel_opens_on_one_connection() {
 }
 
 #[test]
-#[ignore = "needs the policy engine (policy branch): the placeholder Policy::forward denies all"]
 fn forward_cap_per_connection() {
     let echo = echo_server();
     let s = start(&format!(

@@ -4,8 +4,11 @@
 //! command, its output and the server log when something fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod policy;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod deploy;
 mod forward;
 mod kube_portforward;
+mod kubeapi;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod kubeapi;
+pub mod kubeapi_http;
 pub mod targets;
 
 use std::fmt::Write as _;
