@@ -65,6 +65,23 @@ pub struct RawConfig {
     pub targets: BTreeMap<String, String>,
     #[serde(default = "d")]
     pub kube: RawKube,
+    /// Port forwarding (direct-tcpip) limits and name overrides.
+    #[serde(default = "d")]
+    pub forward: RawForward,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    /// TCP connect timeout for forward targets.
+    pub connect_timeout: Option<String>,
+    /// DNS lookup timeout for forward targets.
+    pub resolve_timeout: Option<String>,
+    /// Forward channels open at once on one connection (further opens are refused).
+    pub max_per_connection: Option<u32>,
+    /// Static name -> IP table consulted before DNS (like /etc/hosts, for this
+    /// bastion only). The addresses are checked like DNS answers.
+    pub hosts: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +191,27 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     pub targets: BTreeMap<String, String>,
     pub kube: KubeConfig,
+    pub forward: ForwardConfig,
+}
+
+/// Port-forwarding settings (`[forward]`).
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub connect_timeout: Duration,
+    pub resolve_timeout: Duration,
+    pub max_per_connection: u32,
+    pub hosts: BTreeMap<String, std::net::IpAddr>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            resolve_timeout: Duration::from_secs(5),
+            max_per_connection: 64,
+            hosts: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -503,6 +541,37 @@ impl RawConfig {
             api_target: self.kube.api_target.unwrap_or_else(|| "kubernetes".into()),
         };
 
+        let fw = &self.forward;
+        let fdef = ForwardConfig::default();
+        let mut hosts = BTreeMap::new();
+        for (name, ip) in fw.hosts.iter().flatten() {
+            let ip = ip.parse::<std::net::IpAddr>().map_err(|e| {
+                invalid(
+                    &format!("forward.hosts.{name}"),
+                    format!("`{ip}` is not an IP address ({e})"),
+                )
+            })?;
+            hosts.insert(name.to_ascii_lowercase(), ip);
+        }
+        let forward = ForwardConfig {
+            connect_timeout: dur(
+                "forward.connect_timeout",
+                &fw.connect_timeout,
+                fdef.connect_timeout,
+            )?,
+            resolve_timeout: dur(
+                "forward.resolve_timeout",
+                &fw.resolve_timeout,
+                fdef.resolve_timeout,
+            )?,
+            max_per_connection: positive(
+                "forward.max_per_connection",
+                fw.max_per_connection,
+                fdef.max_per_connection,
+            )?,
+            hosts,
+        };
+
         let (policy_dir, policy_dir_is_default) = match self.policy.dir {
             Some(p) => (p, false),
             None => (data_dir.join("policies"), true),
@@ -518,6 +587,7 @@ impl RawConfig {
             issuers,
             targets: self.targets,
             kube,
+            forward,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod approvals;
 pub mod certs;
 pub mod connections;
 pub mod events;
+pub mod forwards;
 pub mod kube;
 pub mod mask_hits;
 pub mod sessions;

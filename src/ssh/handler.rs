@@ -66,6 +66,11 @@ impl Authed {
     pub fn permit_pty(&self) -> bool {
         self.cert.as_ref().is_none_or(|c| c.permit_pty)
     }
+    /// Certificates must carry permit-port-forwarding; break-glass keys
+    /// (no certificate) are left to policy, like `permit_pty`.
+    pub fn permit_port_forwarding(&self) -> bool {
+        self.cert.as_ref().is_none_or(|c| c.permit_port_forwarding)
+    }
     pub fn force_command(&self) -> Option<&str> {
         self.cert.as_ref().and_then(|c| c.force_command.as_deref())
     }
@@ -100,6 +105,8 @@ pub struct ConnHandler {
     /// The connection's span (peer, id, user): russh runs this handler in a
     /// task of its own, which does not inherit the accept loop's span.
     span: tracing::Span,
+    /// Forwarding state of this connection, made at the first direct-tcpip.
+    forwards: Option<crate::tunnel::ForwardContext>,
 }
 
 impl ConnHandler {
@@ -123,6 +130,7 @@ impl ConnHandler {
             probe,
             channels: HashMap::new(),
             opened: 0,
+            forwards: None,
         }
     }
 
@@ -435,21 +443,38 @@ impl Handler for ConnHandler {
         channel: Channel<Msg>,
         host_to_connect: &str,
         port_to_connect: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        drop(channel);
-        // Until the tunnel module is wired in, no forwarding at all: users
-        // bypassed recording through -L to a target's sshd (warpgate #950).
-        self.denied(
-            &format!("direct-tcpip {host_to_connect}:{port_to_connect}"),
-            "port forwarding is not enabled on this bastion",
+        let Some(authed) = &self.authed else {
+            drop(channel);
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        // resolve → policy → connect → relay → audit run in the tunnel's own
+        // task; this returns at once (users bypassed recording through -L to
+        // a target's sshd, warpgate #950: forwarding is policy, not a given).
+        let ctx = self.forwards.get_or_insert_with(|| {
+            self.shared.forwarder.connection(
+                self.conn_id.clone(),
+                authed.identity.clone(),
+                authed.permit_port_forwarding(),
+            )
+        });
+        ctx.direct_tcpip(
+            channel,
+            reply,
+            host_to_connect,
+            port_to_connect,
+            crate::tunnel::Originator {
+                address: originator_address.to_string(),
+                port: originator_port,
+            },
         );
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
         Ok(())
     }
 

@@ -75,6 +75,8 @@ pub struct Shared {
     pub breakglass: Vec<BreakGlassKey>,
     /// Cancelled on SIGINT/SIGTERM: stop accepting, end sessions.
     pub shutdown: CancellationToken,
+    /// direct-tcpip forwards (`ssh -L`, `ssh -J`): targets, policy, audit.
+    pub forwarder: Arc<crate::tunnel::Forwarder>,
 }
 
 impl Shared {
@@ -94,6 +96,7 @@ impl Shared {
         let env_allow = b.build()?;
         let breakglass = load_authorized_keys(&config.data_dir.join("authorized_keys"))?;
         let shell = crate::shell::pick_shell(config.ssh.shell.as_deref(), &account);
+        let forwarder = crate::tunnel::Forwarder::new(&config, policy.clone(), store.clone());
         Ok(Self {
             config,
             keys,
@@ -104,6 +107,7 @@ impl Shared {
             env_allow,
             breakglass,
             shutdown,
+            forwarder,
         })
     }
 

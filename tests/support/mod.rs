@@ -4,7 +4,9 @@
 //! the server log, so a red CI run explains itself.
 #![allow(dead_code)]
 
+pub mod kubeapi;
 pub mod kubeapi_http;
+pub mod targets;
 
 use std::fmt::Write as _;
 use std::io::Read;
