@@ -84,11 +84,16 @@ fn refused_requests_are_audited() {
         "{rows:?}\n{}",
         s.log()
     );
+    // -W (direct-tcpip) goes to the tunnel layer, which audits it in `forwards`.
+    let fwd = query_db(
+        &s.db_path(),
+        "SELECT target, decision, reason FROM forwards ORDER BY started_at",
+    );
     assert!(
-        details
-            .iter()
-            .any(|d| d.starts_with("direct-tcpip 127.0.0.1:22")),
-        "{rows:?}"
+        fwd.iter()
+            .any(|r| r[0] == "127.0.0.1:22" && r[1] == "deny" && !r[2].is_empty()),
+        "{fwd:?}\n{}",
+        s.log()
     );
     assert!(
         rows.iter().all(|r| !r[1].is_empty()),
