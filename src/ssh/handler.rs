@@ -26,6 +26,7 @@ use crate::audit::connections::AuthAttempt;
 use crate::audit::events::Event;
 use crate::ca::verify::{Context, VerifiedCert, verify_user_cert};
 use crate::identity::Identity;
+use crate::policy::ForwardKind;
 
 /// What the accept loop learns about authentication attempts it cannot see.
 #[derive(Debug, Default)]
@@ -187,6 +188,47 @@ impl ConnHandler {
         }
         self.span.record("user", authed.user.as_str());
         self.authed = Some(authed);
+    }
+
+    /// The connection's forwarding context (made on first use), once
+    /// authenticated.
+    fn forward_context(&mut self) -> Option<&crate::tunnel::ForwardContext> {
+        let authed = self.authed.as_ref()?;
+        let shared = &self.shared;
+        let conn_id = &self.conn_id;
+        Some(self.forwards.get_or_insert_with(|| {
+            shared.forwarder.connection(
+                conn_id.clone(),
+                authed.identity.clone(),
+                authed.permit_port_forwarding(),
+            )
+        }))
+    }
+
+    /// Ask policy about a forwarding request the SSH layer answers itself
+    /// (`-R`, streamlocal, agent, X11); the tunnel audits it in `forwards`.
+    /// Even when policy allows it, this server does not carry such
+    /// forwards yet: the refusal is then recorded as an event too, so the
+    /// audit never shows a granted forward that did not happen.
+    fn decide_other(&mut self, kind: ForwardKind, host: &str, port: u32, what: &str) -> bool {
+        let Some(ctx) = self.forward_context() else {
+            self.denied(what, "not authenticated");
+            return false;
+        };
+        let d = ctx.decide_other(kind, host, port);
+        if d.is_allow() {
+            self.denied(
+                what,
+                &format!(
+                    "allowed by {}, but this server does not implement this kind of forwarding yet",
+                    d.reason
+                ),
+            );
+        } else {
+            let _g = self.span.enter();
+            tracing::info!(reason = %d.reason, "request denied: {what}");
+        }
+        false
     }
 
     fn pending_mut(&mut self, ch: ChannelId) -> Option<(&mut Option<PtyReq>, &mut EnvList)> {
@@ -431,7 +473,9 @@ impl Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         drop(channel);
-        self.denied("x11 channel", "X11 forwarding is not offered");
+        // The server never asks for X11 channels: a client opening one is
+        // out of protocol (RFC 4254 §6.3.2), refused whatever policy says.
+        self.denied("x11 channel", "X11 channels are only opened by the server");
         reply
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
             .await;
@@ -448,7 +492,7 @@ impl Handler for ConnHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(authed) = &self.authed else {
+        let Some(ctx) = self.forward_context() else {
             drop(channel);
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
@@ -458,13 +502,6 @@ impl Handler for ConnHandler {
         // resolve → policy → connect → relay → audit run in the tunnel's own
         // task; this returns at once (users bypassed recording through -L to
         // a target's sshd, warpgate #950: forwarding is policy, not a given).
-        let ctx = self.forwards.get_or_insert_with(|| {
-            self.shared.forwarder.connection(
-                self.conn_id.clone(),
-                authed.identity.clone(),
-                authed.permit_port_forwarding(),
-            )
-        });
         ctx.direct_tcpip(
             channel,
             reply,
@@ -507,9 +544,11 @@ impl Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         drop(channel);
-        self.denied(
+        self.decide_other(
+            ForwardKind::Streamlocal,
+            socket_path,
+            0,
             &format!("direct-streamlocal {socket_path}"),
-            "unix socket forwarding is not offered",
         );
         reply
             .reject(ChannelOpenFailure::AdministrativelyProhibited)
@@ -573,7 +612,7 @@ impl Handler for ConnHandler {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.denied("x11-req", "X11 forwarding is not offered");
+        self.decide_other(ForwardKind::X11, "", 0, "x11-req");
         session.channel_failure(channel)
     }
 
@@ -582,10 +621,8 @@ impl Handler for ConnHandler {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.denied(
-            "auth-agent-req@openssh.com",
-            "agent forwarding is not offered (the bastion never holds client keys)",
-        );
+        // The bastion never holds client keys unless policy says so.
+        self.decide_other(ForwardKind::Agent, "", 0, "auth-agent-req@openssh.com");
         session.channel_failure(channel)?;
         Ok(false)
     }
@@ -695,11 +732,8 @@ impl Handler for ConnHandler {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.denied(
-            &format!("tcpip-forward {address}:{port}"),
-            "remote port forwarding (ssh -R) is not offered",
-        );
-        Ok(false)
+        let what = format!("tcpip-forward {address}:{port}");
+        Ok(self.decide_other(ForwardKind::Remote, address, *port, &what))
     }
 
     async fn streamlocal_forward(
@@ -707,17 +741,18 @@ impl Handler for ConnHandler {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        self.denied(
-            &format!("streamlocal-forward {socket_path}"),
-            "remote unix socket forwarding is not offered",
-        );
-        Ok(false)
+        let what = format!("streamlocal-forward {socket_path}");
+        Ok(self.decide_other(ForwardKind::Streamlocal, socket_path, 0, &what))
     }
 }
 
 impl Drop for ConnHandler {
     fn drop(&mut self) {
-        // The connection is gone: end what still runs (children get SIGHUP).
+        // The connection is gone: end what still runs (children get SIGHUP)
+        // and withdraw the forward/kube approvals it still waits for.
+        if let Some(f) = &self.forwards {
+            f.connection_closed();
+        }
         for (_, c) in self.channels.drain() {
             if let Chan::Running(c) = c {
                 c.ctl(Ctl::ClientClosed);

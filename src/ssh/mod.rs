@@ -96,7 +96,14 @@ impl Shared {
         let env_allow = b.build()?;
         let breakglass = load_authorized_keys(&config.data_dir.join("authorized_keys"))?;
         let shell = crate::shell::pick_shell(config.ssh.shell.as_deref(), &account);
-        let forwarder = crate::tunnel::Forwarder::new(&config, policy.clone(), store.clone());
+        // Forward targets under `approve` wait for `sallyport approvals`.
+        let approver = crate::tunnel::approvals::DbApprover::new(store.clone(), policy.clone());
+        let forwarder = crate::tunnel::Forwarder::with_approver(
+            &config,
+            policy.clone(),
+            store.clone(),
+            Arc::new(approver),
+        );
         Ok(Self {
             config,
             keys,

@@ -14,6 +14,8 @@
 //! audit run in a task of their own, so a slow target never holds up the
 //! connection's other channels.
 
+pub mod api_target;
+pub mod approvals;
 pub mod connect;
 pub mod kubeapi;
 pub mod relay;
@@ -28,6 +30,7 @@ use futures::future::BoxFuture;
 use russh::ChannelOpenFailure;
 use russh::server::{ChannelOpenHandle, Msg};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::Store;
 use crate::audit::forwards::NewForward;
@@ -39,12 +42,15 @@ use crate::policy::{Decision, ForwardKind, ForwardRequest, PolicyHandle, Verdict
 /// The approvals engine plugs in here; without one, such forwards are denied.
 pub trait ForwardApprover: Send + Sync {
     /// `Ok(true)` = approved. `target` is `host:port` as requested.
+    /// `cancel` fires when the requesting connection has ended: the
+    /// request is withdrawn.
     fn approve<'a>(
         &'a self,
         identity: &'a Identity,
         connection_id: &'a str,
         target: &'a str,
         reason: &'a str,
+        cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<bool, String>>;
 }
 
@@ -62,6 +68,8 @@ pub struct Forwarder {
     policy: PolicyHandle,
     audit: Store,
     approver: Option<Arc<dyn ForwardApprover>>,
+    /// The Kubernetes API proxy behind `[kube] api_target`.
+    kube_api: api_target::KubeApiTarget,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -87,6 +95,7 @@ impl Forwarder {
             resolve_timeout: config.forward.resolve_timeout,
             max_per_connection: config.forward.max_per_connection,
             kube: connect::Kube::new(config.kube.clone()),
+            kube_api: api_target::KubeApiTarget::new(config, policy.clone(), audit.clone()),
             policy,
             audit,
             approver: None,
@@ -121,6 +130,7 @@ impl Forwarder {
             identity: Arc::new(identity),
             permit_port_forwarding,
             slots: Arc::new(Semaphore::new(self.max_per_connection as usize)),
+            closed: CancellationToken::new(),
         }
     }
 }
@@ -134,6 +144,9 @@ pub struct ForwardContext {
     identity: Arc<Identity>,
     permit_port_forwarding: bool,
     slots: Arc<Semaphore>,
+    /// Cancelled by [`ForwardContext::connection_closed`]: pending approvals
+    /// of this connection are withdrawn.
+    closed: CancellationToken,
 }
 
 impl std::fmt::Debug for ForwardContext {
@@ -210,6 +223,11 @@ fn shown_target(host: &str, port: u32) -> String {
 impl ForwardContext {
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The SSH connection has ended: withdraw its pending approvals.
+    pub fn connection_closed(&self) {
+        self.closed.cancel();
     }
 
     /// Forwards currently open on this connection.
@@ -335,6 +353,7 @@ impl ForwardContext {
                     &self.connection_id,
                     &target,
                     &decision.reason,
+                    self.closed.clone(),
                 )
                 .await
             {
@@ -391,6 +410,84 @@ fn screen(
     Ok(decision)
 }
 
+/// A channel to the Kubernetes API target: certificate and kube grant
+/// checked, the shared proxy built if needed, then HTTP served inside the
+/// channel until the client closes it (each request audited in
+/// `kube_requests`; the channel itself is a `forwards` row).
+async fn kube_api_channel(
+    ctx: &ForwardContext,
+    channel: russh::Channel<Msg>,
+    reply: ChannelOpenHandle,
+    target: &str,
+    span: &tracing::Span,
+    refuse: impl Fn(Refusal) -> ChannelOpenFailure,
+) {
+    let f = &ctx.forwarder;
+    const RESOLVED: &str = "kube-api-proxy";
+    if !ctx.permit_port_forwarding {
+        let code = refuse(Refusal::deny("certificate lacks permit-port-forwarding"));
+        reply.reject(code).await;
+        return;
+    }
+    let decision = f.kube_api.admit(&ctx.identity);
+    if !decision.is_allow() {
+        let code = refuse(Refusal {
+            resolved: Some(RESOLVED.into()),
+            ..Refusal::deny(decision.reason)
+        });
+        reply.reject(code).await;
+        return;
+    }
+    let kctx = match f
+        .kube_api
+        .context(&ctx.identity, &ctx.connection_id, ctx.closed.clone())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(parent: span, error = %e, "Kubernetes API proxy unavailable");
+            let code = refuse(Refusal {
+                code: ChannelOpenFailure::ConnectFailed,
+                decision: decision.verdict,
+                reason: decision.reason.clone(),
+                resolved: Some(RESOLVED.into()),
+                end: format!("connect failed: {e}"),
+            });
+            reply.reject(code).await;
+            return;
+        }
+    };
+    let nf = NewForward {
+        connection_id: &ctx.connection_id,
+        subject: Some(&ctx.identity.subject),
+        kind: "local",
+        target,
+        resolved: Some(RESOLVED),
+        decision: &decision.verdict.to_string(),
+        reason: &decision.reason,
+    };
+    let id = match f.audit.forward_open(&nf) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::error!(parent: span, error = %e, "cannot audit forward");
+            None
+        }
+    };
+    reply.accept().await;
+    tracing::info!(parent: span, reason = %decision.reason, "Kubernetes API proxy channel open");
+    let (stream, counts) = api_target::Counted::new(channel.into_stream());
+    kubeapi::serve_connection(stream, kctx).await;
+    let (up, down) = counts.get();
+    tracing::info!(parent: span, up, down, "Kubernetes API proxy channel closed");
+    if let Some(id) = id
+        && let Err(e) = f
+            .audit
+            .forward_close(&id, None, up, down, "kube API session ended")
+    {
+        tracing::error!(parent: span, error = %e, "cannot audit forward");
+    }
+}
+
 /// resolve → policy → connect → accept → relay → audit, for one channel.
 pub async fn handle_direct_tcpip(
     ctx: ForwardContext,
@@ -439,6 +536,14 @@ pub async fn handle_direct_tcpip(
         reply.reject(code).await;
         return;
     };
+
+    // The Kubernetes API target is not a TCP destination: the channel
+    // carries HTTP that the proxy serves and checks request by request.
+    if f.kube_api.matches(&host, port) {
+        kube_api_channel(&ctx, channel, reply, &target, &span, refuse).await;
+        drop(permit);
+        return;
+    }
 
     let plan = match ctx.plan(&host, port).await {
         Ok(p) => p,

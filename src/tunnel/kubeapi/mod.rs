@@ -251,10 +251,7 @@ impl KubeProxy {
     /// Is `host:port` (as the client wrote it in `ssh -L`) the API target?
     /// A target written without a port matches any port.
     pub fn is_api_target(&self, host: &str, port: u32) -> bool {
-        match self.api_target.rsplit_once(':') {
-            Some((h, p)) => h.eq_ignore_ascii_case(host) && p == port.to_string(),
-            None => self.api_target.eq_ignore_ascii_case(host),
-        }
+        matches_api_target(&self.api_target, host, port)
     }
 
     /// The context for one authenticated connection.
@@ -276,6 +273,15 @@ impl KubeProxy {
             limits: self.limits,
             recording_dir: self.recording_dir.clone(),
         }
+    }
+}
+
+/// Is `host:port` the API target `api_target` (`kubernetes`, or
+/// `kubernetes:443` to pin the port)? A target without a port matches any port.
+pub fn matches_api_target(api_target: &str, host: &str, port: u32) -> bool {
+    match api_target.rsplit_once(':') {
+        Some((h, p)) => h.eq_ignore_ascii_case(host) && p == port.to_string(),
+        None => api_target.eq_ignore_ascii_case(host),
     }
 }
 
