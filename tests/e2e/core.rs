@@ -79,15 +79,17 @@ fn refused_requests_are_audited() {
     );
     let details: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
     assert!(details.contains(&"subsystem sftp"), "{rows:?}\n{}", s.log());
-    assert!(
-        details.contains(&"auth-agent-req@openssh.com"),
-        "{rows:?}\n{}",
-        s.log()
-    );
-    // -W (direct-tcpip) goes to the tunnel layer, which audits it in `forwards`.
+    // -W (direct-tcpip) and agent forwarding go through forward policy in
+    // the tunnel layer, which audits them in `forwards`.
     let fwd = query_db(
         &s.db_path(),
-        "SELECT target, decision, reason FROM forwards ORDER BY started_at",
+        "SELECT target, decision, reason, kind FROM forwards ORDER BY started_at",
+    );
+    assert!(
+        fwd.iter()
+            .any(|r| r[3] == "agent" && r[1] == "deny" && !r[2].is_empty()),
+        "{fwd:?}\n{}",
+        s.log()
     );
     assert!(
         fwd.iter()

@@ -16,6 +16,7 @@ mod forward;
 mod krl;
 mod kube_portforward;
 mod kubeapi;
+mod kubewire;
 mod login;
 mod oidc;
 mod sessions;
