@@ -55,8 +55,13 @@ name = "no-kube"
 subject = ["dave"]
 [role.grant]
 port_forwarding = true
+shell = false
+exec = true
+[role.exec]
+allow = ["echo *"]
 [role.forward]
 allow = ["echo:*"]
+remote = ["127.0.0.1:*"]
 "#;
 
 struct Env {
@@ -489,4 +494,79 @@ fn kubewire_forward_under_approve_opens_only_after_approval() {
     assert_eq!(row.decision, "approve");
     assert!(row.reason.contains("timed out"), "{row:?}");
     assert_eq!(row.end_reason.as_deref(), Some("denied"), "{row:?}");
+}
+
+#[test]
+fn kubewire_remote_agent_and_x11_requests_are_decided_by_policy_and_audited() {
+    let e = start();
+    let s = &e.server;
+    let alice = s.user("alice", &["--permit-port-forwarding"]);
+    let dave = s.user("dave", &["--permit-port-forwarding"]);
+    let rport = free_port();
+    for u in [&alice, &dave] {
+        // ssh -R: alice has no forward.remote rule; dave's allows the bind
+        // address, but this server does not carry -R yet: refused either way.
+        let mut cmd = s.ssh(
+            u,
+            &[
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("127.0.0.1:{rport}:127.0.0.1:9"),
+                "echo should-not-run",
+            ],
+        );
+        cmd.env("DISPLAY", ":99");
+        let r = run_cmd(cmd, None, Duration::from_secs(60), s.log()).failure();
+        assert!(
+            r.stderr().contains("remote port forwarding failed"),
+            "{}",
+            r.explain()
+        );
+    }
+    // Agent and X11 forwarding requested on a session: refused, the
+    // command still runs.
+    let sock = s.dir.path().join("agent.sock");
+    let mut agent_cmd = Command::new("ssh-agent");
+    agent_cmd.arg("-D").arg("-a").arg(&sock);
+    let _agent = Proc::spawn("ssh-agent", agent_cmd, s.dir.path());
+    assert!(wait_for(Duration::from_secs(10), || sock.exists().then_some(())).is_some());
+    let mut cmd = s.ssh(&dave, &["-A", "-X", "echo ok"]);
+    cmd.env("SSH_AUTH_SOCK", &sock).env("DISPLAY", ":99");
+    let r = run_cmd(cmd, None, Duration::from_secs(60), s.log()).success();
+    assert_eq!(r.stdout(), "ok\n", "{}", r.explain());
+
+    let rows = wait_for(Duration::from_secs(20), || {
+        let f = forwards(s);
+        (f.iter().filter(|r| r.kind != "local").count() >= 4).then_some(f)
+    })
+    .unwrap_or_else(|| panic!("{:#?}\n{}", forwards(s), s.log()));
+    let find = |who: &str, kind: &str| {
+        rows.iter()
+            .find(|r| r.subject.as_deref() == Some(who) && r.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} row for {who}: {rows:#?}"))
+    };
+    let a = find("alice", "remote");
+    assert_eq!(a.target, format!("127.0.0.1:{rport}"));
+    assert_eq!(a.decision, "deny");
+    assert!(a.reason.contains("no forward.remote rule"), "{a:?}");
+    let d = find("dave", "remote");
+    assert_eq!(d.decision, "allow");
+    assert!(d.reason.contains("forward.remote '127.0.0.1:*'"), "{d:?}");
+    let ag = find("dave", "agent");
+    assert_eq!(ag.decision, "deny");
+    assert!(ag.reason.contains("agent forwarding not granted"), "{ag:?}");
+    let x = find("dave", "x11");
+    assert_eq!(x.decision, "deny");
+    // The policy-allowed -R that was still refused is an event with why.
+    let ev = crate::support::query_db(
+        &s.db_path(),
+        "SELECT detail, reason FROM events WHERE kind = 'request-denied' AND subject = 'dave'",
+    );
+    assert!(
+        ev.iter()
+            .any(|r| r[0] == format!("tcpip-forward 127.0.0.1:{rport}")
+                && r[1].contains("does not implement")),
+        "{ev:?}"
+    );
 }
