@@ -211,11 +211,28 @@ impl ConnHandler {
     /// forwards yet: the refusal is then recorded as an event too, so the
     /// audit never shows a granted forward that did not happen.
     fn decide_other(&mut self, kind: ForwardKind, host: &str, port: u32, what: &str) -> bool {
+        // OpenSSH semantics: the certificate's permit-agent-forwarding /
+        // permit-X11-forwarding extensions gate these before any policy.
+        let cert_refusal = self.authed.as_ref().and_then(|a| {
+            let c = a.cert.as_ref()?;
+            match kind {
+                ForwardKind::Agent if !c.permit_agent_forwarding => {
+                    Some("certificate lacks permit-agent-forwarding")
+                }
+                ForwardKind::X11 if !c.permit_x11_forwarding => {
+                    Some("certificate lacks permit-X11-forwarding")
+                }
+                _ => None,
+            }
+        });
         let Some(ctx) = self.forward_context() else {
             self.denied(what, "not authenticated");
             return false;
         };
-        let d = ctx.decide_other(kind, host, port);
+        let d = match cert_refusal {
+            Some(why) => ctx.deny_other(kind, host, port, why),
+            None => ctx.decide_other(kind, host, port),
+        };
         if d.is_allow() {
             self.denied(
                 what,

@@ -279,6 +279,14 @@ impl ForwardContext {
         decision
     }
 
+    /// Refuse and audit such a request before policy (e.g. the certificate
+    /// lacks `permit-agent-forwarding`).
+    pub fn deny_other(&self, kind: ForwardKind, host: &str, port: u32, reason: &str) -> Decision {
+        let decision = Decision::deny(reason);
+        self.audit_refused_or_noted(kind, &shown_target(host, port), &decision);
+        decision
+    }
+
     fn audit_refused_or_noted(&self, kind: ForwardKind, target: &str, d: &Decision) {
         let nf = NewForward {
             connection_id: &self.connection_id,

@@ -555,9 +555,12 @@ fn kubewire_remote_agent_and_x11_requests_are_decided_by_policy_and_audited() {
     assert!(d.reason.contains("forward.remote '127.0.0.1:*'"), "{d:?}");
     let ag = find("dave", "agent");
     assert_eq!(ag.decision, "deny");
-    assert!(ag.reason.contains("agent forwarding not granted"), "{ag:?}");
+    // `ca sign` certificates carry neither permit-agent-forwarding nor
+    // permit-X11-forwarding: refused before policy, like OpenSSH does.
+    assert_eq!(ag.reason, "certificate lacks permit-agent-forwarding");
     let x = find("dave", "x11");
     assert_eq!(x.decision, "deny");
+    assert_eq!(x.reason, "certificate lacks permit-X11-forwarding");
     // The policy-allowed -R that was still refused is an event with why.
     let ev = crate::support::query_db(
         &s.db_path(),
