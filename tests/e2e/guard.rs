@@ -7,7 +7,7 @@
 //! refused cleanly without disturbing other sessions.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::*;
@@ -259,9 +259,14 @@ fn huge_and_invalid_utf8_commands_are_refused_cleanly() {
     let u = s.user("alice", &[]);
     let f = scratch(&s).join("blocked-big");
     // 1 MB: a denied command at the end of a long harmless prefix.
-    let big = format!("{}touch {}", "true; ".repeat(1 << 20 / 6), f.display());
-    assert!(big.len() > 1 << 20);
-    let r = s.run_ssh(&u, &[&big], None);
+    // 18 arguments of 60 kB (one argv string may not exceed 128 KiB); ssh
+    // joins them with spaces into one exec request of more than 1 MiB.
+    let target = f.display().to_string();
+    let chunk = "true; ".repeat(10_000);
+    let mut args: Vec<&str> = vec![chunk.as_str(); 18];
+    args.extend(["touch", target.as_str()]);
+    assert!(args.iter().map(|a| a.len() + 1).sum::<usize>() > 1 << 20);
+    let r = s.run_ssh(&u, &args, None);
     assert_ne!(r.code(), Some(0), "{}", r.explain());
     assert!(!f.exists());
 
@@ -277,5 +282,4 @@ fn huge_and_invalid_utf8_commands_are_refused_cleanly() {
     // The server still serves others.
     let r = s.run_ssh(&u, &["echo still-here"], None).success();
     assert_eq!(r.stdout().trim(), "still-here");
-    let _ = Command::new("true");
 }
