@@ -268,7 +268,11 @@ pub fn start(
         if !grant.exec {
             return ExecDecision {
                 verdict: Verdict::Deny,
-                reason: grant.reason.clone(),
+                reason: format!(
+                    "{}: commands are not allowed for {}",
+                    grant.reason,
+                    identity.display()
+                ),
                 shown,
             };
         }
