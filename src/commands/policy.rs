@@ -237,54 +237,10 @@ fn check(g: &Global, a: CheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Build the [`CommandLine`] for `--exec`. A stand-in until the guard's
-/// parser lands: swap this one function for `guard::parse::parse`. Splits
-/// words like a POSIX shell, cuts at `;` `&&` `||` `|` `&`, and uses the
-/// basename of an absolute program path; unbalanced quotes make the whole
-/// line opaque.
+/// Build the [`CommandLine`] for `--exec`: the same parser the sessions
+/// use, so `policy test` answers exactly what a session would decide.
 pub fn command_line(cmd: &str) -> CommandLine {
-    let words = match shell_words::split(cmd) {
-        Ok(w) => w,
-        Err(_) => {
-            return CommandLine {
-                raw: cmd.to_string(),
-                simple: Vec::new(),
-                opaque: vec![cmd.to_string()],
-            };
-        }
-    };
-    let mut simple: Vec<Vec<String>> = Vec::new();
-    let mut cur: Vec<String> = Vec::new();
-    let mut flush = |cur: &mut Vec<String>| {
-        if let Some(first) = cur.first_mut()
-            && first.starts_with('/')
-            && let Some(base) = first.rsplit('/').next()
-            && !base.is_empty()
-        {
-            *first = base.to_string();
-        }
-        if !cur.is_empty() {
-            simple.push(std::mem::take(cur));
-        }
-    };
-    for w in words {
-        if [";", "&&", "||", "|", "&"].contains(&w.as_str()) {
-            flush(&mut cur);
-        } else if let Some(stripped) = w.strip_suffix(';') {
-            if !stripped.is_empty() {
-                cur.push(stripped.to_string());
-            }
-            flush(&mut cur);
-        } else {
-            cur.push(w);
-        }
-    }
-    flush(&mut cur);
-    CommandLine {
-        raw: cmd.to_string(),
-        simple,
-        opaque: Vec::new(),
-    }
+    crate::guard::parse::parse(cmd)
 }
 
 fn identity_from_file(path: &Path) -> anyhow::Result<Identity> {
@@ -551,8 +507,14 @@ mod tests {
         );
         assert!(c.opaque.is_empty());
         let c = command_line("echo 'unbalanced");
-        assert!(c.simple.is_empty());
-        assert_eq!(c.opaque, vec!["echo 'unbalanced".to_string()]);
+        assert!(!c.opaque.is_empty(), "{c:?}");
+        // The guard's parser sees through `sh -c` too.
+        let c = command_line("sh -c 'rm -rf /tmp/x'");
+        assert!(
+            c.simple
+                .iter()
+                .any(|s| s.first().map(String::as_str) == Some("rm"))
+        );
     }
 
     #[test]

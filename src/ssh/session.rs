@@ -28,7 +28,8 @@ use super::Shared;
 use super::handler::Authed;
 use crate::audit::events::Event;
 use crate::audit::sessions::{SessionEnd, SessionStart};
-use crate::guard::CommandLine;
+use crate::guard::{approval, parse};
+use crate::mask::{MaskConfig, Masker};
 use crate::policy::Verdict;
 use crate::record::{self, Header, Recorder};
 use crate::shell::{self, Exit, PtyChild, Spec};
@@ -208,7 +209,19 @@ fn event(shared: &Shared, e: Event<'_>) {
     }
 }
 
-/// Check policy, create the recording, start the child and its task.
+/// What policy said about an exec command, decided before anything runs.
+struct ExecDecision {
+    verdict: Verdict,
+    /// Policy reason, masked (strict reasons may quote the command).
+    reason: String,
+    /// The command as it may be stored and shown: masked, clipped.
+    shown: String,
+}
+
+/// Check policy, create the recording, start the child and its task. An
+/// exec that policy denies is recorded (a session row, an "m" marker) and
+/// refused; one that needs approval is accepted and waits in its own task
+/// before anything is spawned.
 pub fn start(
     shared: &Arc<Shared>,
     req: Request,
@@ -227,74 +240,49 @@ pub fn start(
     };
     let kind = if command.is_some() { "exec" } else { "shell" };
     let subject = identity.subject.as_str();
-    let deny = |detail: &str, reason: &str, message: String| {
-        tracing::info!(subject, "{kind} denied: {detail}: {reason}");
+    if command.is_none() && !grant.shell {
+        tracing::info!(subject, "shell denied: {}", grant.reason);
         event(
             shared,
             Event {
                 connection_id: Some(&req.conn_id),
                 kind: "command-blocked",
                 subject: Some(subject),
-                detail,
+                detail: "shell",
                 decision: Some("deny"),
-                reason: Some(reason),
+                reason: Some(&grant.reason),
                 ..Default::default()
             },
         );
-        Refused::Denied(message)
-    };
-    match &command {
-        None if !grant.shell => {
-            return Err(deny(
-                "shell",
-                &grant.reason,
-                format!(
-                    "sallyport: interactive shells are not allowed for {} ({})\r\n",
-                    identity.display(),
-                    grant.reason
-                ),
-            ));
-        }
-        Some(c) if !grant.exec => {
-            return Err(deny(
-                c,
-                &grant.reason,
-                format!(
-                    "sallyport: commands are not allowed for {} ({})\n",
-                    identity.display(),
-                    grant.reason
-                ),
-            ));
-        }
-        Some(c) => {
-            let line = command_line(c);
-            let d = policy.exec(identity, &line);
-            match d.verdict {
-                Verdict::Allow => {}
-                // Approvals are not wired yet: an exec that needs one is
-                // refused with the rule named. The wait belongs in the
-                // session task (before spawning), not in the handler.
-                Verdict::Approve => {
-                    return Err(deny(
-                        c,
-                        &d.reason,
-                        format!(
-                            "sallyport: `{c}` needs an approval, which this server cannot take yet ({})\n",
-                            d.reason
-                        ),
-                    ));
-                }
-                Verdict::Deny => {
-                    return Err(deny(
-                        c,
-                        &d.reason,
-                        format!("sallyport: `{c}` denied by policy: {}\n", d.reason),
-                    ));
-                }
-            }
-        }
-        None => {}
+        return Err(Refused::Denied(format!(
+            "sallyport: interactive shells are not allowed for {} ({})\r\n",
+            identity.display(),
+            grant.reason
+        )));
     }
+    let masker = Masker::new(&MaskConfig::from_grant(&grant))
+        .or_else(|_| Masker::builtin())
+        .ok();
+    let decision = command.as_deref().map(|c| {
+        let shown = clip(&mask_text(masker.as_ref(), c), MAX_SHOWN);
+        if !grant.exec {
+            return ExecDecision {
+                verdict: Verdict::Deny,
+                reason: format!(
+                    "{}: commands are not allowed for {}",
+                    grant.reason,
+                    identity.display()
+                ),
+                shown,
+            };
+        }
+        let d = policy.exec(identity, &parse::parse(c));
+        ExecDecision {
+            verdict: d.verdict,
+            reason: mask_text(masker.as_ref(), &d.reason),
+            shown,
+        }
+    });
 
     let session_id = uuid::Uuid::now_v7().to_string();
     let span = tracing::info_span!("session", id = %session_id, subject, kind);
@@ -322,7 +310,8 @@ pub fn start(
             req.authed.user
         ),
         env: env_hdr,
-        command: command.clone(),
+        // The header is stored as is: only the masked, clipped form.
+        command: decision.as_ref().map(|d| d.shown.clone()),
     };
     let recorder = match Recorder::create(&path, &header) {
         Ok(r) => r,
@@ -343,128 +332,404 @@ pub fn start(
             return Err(Refused::Failure);
         }
     };
-
-    let env = shell::session_env(
-        &shared.account,
-        &shared.shell,
-        term.as_deref(),
-        &session_id,
-        original.as_deref(),
-        &req.env,
-    );
-    let spec = Spec {
-        account: shared.account.clone(),
-        shell: shared.shell.clone(),
-        command: command.clone(),
-        env,
-    };
-    let child = if req.pty.is_some() {
-        shell::spawn_pty(&spec, cols, rows).map(Child::Pty)
-    } else {
-        shell::spawn_pipes(&spec).map(Child::Pipes)
-    };
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the session child");
-            let _ = recorder.finish();
-            event(
-                shared,
-                Event {
-                    connection_id: Some(&req.conn_id),
-                    session_id: Some(&session_id),
-                    kind: "spawn-failed",
-                    subject: Some(subject),
-                    detail: &e.to_string(),
-                    ..Default::default()
-                },
-            );
-            return Err(Refused::Failure);
-        }
-    };
-    let path_s = path.display().to_string();
-    if let Err(e) = shared.store.session_started(&SessionStart {
-        id: &session_id,
-        connection_id: &req.conn_id,
-        channel: channel_num(req.channel),
-        user: &req.authed.user,
-        identity,
+    let launch = Launch {
+        shared: Arc::clone(shared),
+        span: span.clone(),
+        session_id,
+        conn_id: req.conn_id.clone(),
+        channel: req.channel,
+        authed: req.authed.clone(),
         kind,
-        command: command.as_deref(),
-        pty: req.pty.is_some(),
-        term: term.as_deref(),
-        cols: req.pty.as_ref().map(|p| p.cols),
-        rows: req.pty.as_ref().map(|p| p.rows),
-        recording: Some(&path_s),
-    }) {
-        // Fail closed: an unaudited session does not run.
-        tracing::error!(error = %e, "audit: cannot record session; refusing it");
-        child.kill();
-        let _ = recorder.finish();
-        return Err(Refused::Failure);
-    }
-    tracing::info!(command = command.as_deref().unwrap_or(""), pty = req.pty.is_some(), recording = %path_s, "session started");
-
+        command,
+        shown: decision.as_ref().map(|d| d.shown.clone()),
+        original,
+        pty: req.pty.clone(),
+        env: req.env.clone(),
+        path,
+        recorder,
+        record_input: shared.config.recording.input || grant.record_input,
+        handle,
+        running,
+    };
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let queued = Arc::new(Queued::default());
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let recorder = Arc::new(Mutex::new(Some(recorder)));
-    let failed = CancellationToken::new();
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let input = InputSeam {
-        recorder: Arc::clone(&recorder),
-        record_input: shared.config.recording.input || grant.record_input,
-        bytes_in: Arc::clone(&bytes_in),
-        pty: req.pty.is_some(),
-    };
-    running.send_modify(|n| *n += 1);
-    let task = Task {
-        shared: Arc::clone(shared),
-        session_id,
-        conn_id: req.conn_id,
-        subject: identity.subject.clone(),
-        channel: req.channel,
-        handle,
-        output: OutputSeam {
-            recorder,
-            bytes_out: 0,
-        },
-        bytes_in,
-        failed,
-        running,
-    };
-    tokio::spawn(tracing::Instrument::instrument(
-        task.run(child, input, in_rx, Arc::clone(&queued), ctl_rx),
-        span.clone(),
-    ));
-    Ok(Control {
+    let control = Control {
         input: in_tx,
-        queued,
+        queued: Arc::clone(&queued),
         ctl: ctl_tx,
-    })
+    };
+    match decision {
+        None => {}
+        Some(ExecDecision {
+            verdict: Verdict::Allow,
+            ..
+        }) => {}
+        Some(ExecDecision {
+            verdict: Verdict::Deny,
+            reason,
+            shown,
+        }) => {
+            tracing::info!(subject, "exec blocked: {reason}");
+            let message = format!("sallyport: blocked by {reason}\n");
+            launch.refused(&shown, &reason, "command-blocked", "blocked");
+            return Err(Refused::Denied(message));
+        }
+        Some(ExecDecision {
+            verdict: Verdict::Approve,
+            reason,
+            shown,
+        }) => {
+            let timeout = grant.approval_timeout;
+            let waiting = tracing::Instrument::instrument(
+                launch.after_approval(shown, reason, timeout, in_rx, queued, ctl_rx),
+                span.clone(),
+            );
+            tokio::spawn(waiting);
+            return Ok(control);
+        }
+    }
+    launch.launch(in_rx, queued, ctl_rx)?;
+    Ok(control)
+}
+
+/// Longest command text kept in audit rows, markers and messages.
+const MAX_SHOWN: usize = 4096;
+
+fn mask_text(m: Option<&Masker>, s: &str) -> String {
+    match m {
+        Some(m) => m.mask_str(s),
+        // No masker could be built: store nothing rather than a secret.
+        None => "[unmasked text withheld]".to_string(),
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a char boundary, "…" when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", s.get(..end).unwrap_or(""))
+}
+
+/// Everything needed to spawn a session's child once it may run.
+struct Launch {
+    shared: Arc<Shared>,
+    span: tracing::Span,
+    session_id: String,
+    conn_id: String,
+    channel: ChannelId,
+    authed: Authed,
+    kind: &'static str,
+    command: Option<String>,
+    /// The command masked and clipped (what audit rows hold).
+    shown: Option<String>,
+    original: Option<String>,
+    pty: Option<PtyReq>,
+    env: Vec<(String, String)>,
+    path: std::path::PathBuf,
+    recorder: Recorder,
+    record_input: bool,
+    handle: Handle,
+    running: watch::Sender<usize>,
+}
+
+impl Launch {
+    /// A session that never ran: an "m" marker, the recording finished,
+    /// a session row closed with [`EXIT_DENIED`], an audit event.
+    fn refused(mut self, shown: &str, reason: &str, event_kind: &str, label: &str) {
+        if let Err(e) = self.recorder.marker(&format!("{label}: {reason}")) {
+            tracing::error!(error = %e, "cannot write the marker");
+        }
+        if let Err(e) = self.recorder.finish() {
+            tracing::error!(error = %e, "recording could not be finished");
+        }
+        let path_s = self.path.display().to_string();
+        let store = &self.shared.store;
+        let started = store.session_started(&SessionStart {
+            id: &self.session_id,
+            connection_id: &self.conn_id,
+            channel: channel_num(self.channel),
+            user: &self.authed.user,
+            identity: &self.authed.identity,
+            kind: self.kind,
+            command: Some(shown),
+            pty: self.pty.is_some(),
+            term: self.pty.as_ref().map(|p| p.term.as_str()),
+            cols: self.pty.as_ref().map(|p| p.cols),
+            rows: self.pty.as_ref().map(|p| p.rows),
+            recording: Some(&path_s),
+        });
+        let ended = started.and_then(|()| {
+            store.session_ended(
+                &self.session_id,
+                &SessionEnd {
+                    exit_status: Some(EXIT_DENIED),
+                    exit_signal: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    reason: &format!("{label}: {reason}"),
+                },
+            )
+        });
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "audit: cannot record the refused session");
+        }
+        event(
+            &self.shared,
+            Event {
+                connection_id: Some(&self.conn_id),
+                session_id: Some(&self.session_id),
+                kind: event_kind,
+                subject: Some(&self.authed.identity.subject),
+                detail: shown,
+                decision: Some("deny"),
+                reason: Some(reason),
+            },
+        );
+    }
+
+    /// Ask for an approval, wait for it (this task only), then run or
+    /// refuse. The client closing the channel or sending a signal while
+    /// waiting withdraws the request.
+    async fn after_approval(
+        mut self,
+        shown: String,
+        reason: String,
+        timeout: Duration,
+        in_rx: mpsc::UnboundedReceiver<Input>,
+        queued: Arc<Queued>,
+        mut ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+    ) {
+        let handle = self.handle.clone();
+        let ch = self.channel;
+        let store = self.shared.store.clone();
+        let created = approval::create(
+            &store,
+            &approval::Request {
+                requester: self.authed.identity.clone(),
+                kind: approval::Kind::Exec,
+                text: shown.clone(),
+                session_id: Some(self.session_id.clone()),
+                reason: reason.clone(),
+                timeout,
+            },
+        );
+        let row = match created {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the approval request");
+                let why = format!("{reason} (the approval request could not be stored)");
+                refuse_on_channel(&handle, ch, &format!("sallyport: blocked by {why}\n")).await;
+                self.refused(&shown, &why, "command-blocked", "blocked");
+                return;
+            }
+        };
+        let id = row.id.clone();
+        tracing::info!(approval = %id, "exec waits for approval: {reason}");
+        let _ = with_marker(
+            &mut self.recorder,
+            &format!("waiting for approval {id}: {reason}"),
+        );
+        let _ = handle
+            .extended_data(
+                ch,
+                1,
+                Bytes::from(format!(
+                    "sallyport: waiting for approval {id} (ask an approver: sallyport approvals approve {id})\n"
+                )),
+            )
+            .await;
+        let shutdown = self.shared.shutdown.clone();
+        let mut size: Option<(u32, u32)> = None;
+        let cancel = async {
+            loop {
+                tokio::select! {
+                    c = ctl_rx.recv() => match c {
+                        Some(Ctl::Resize(c, r)) => size = Some((c, r)),
+                        // A signal (Ctrl-C through `ssh -t`, `kill`) or a
+                        // closed channel: the user gave up.
+                        Some(Ctl::Signal(_)) | Some(Ctl::ClientClosed) | None => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
+        let outcome = approval::wait(&store, &id, timeout, cancel).await;
+        if let (Some(p), Some((c, r))) = (self.pty.as_mut(), size) {
+            p.cols = c;
+            p.rows = r;
+        }
+        let why = match outcome {
+            Ok(approval::Outcome::Approved { by }) => {
+                let _ = with_marker(&mut self.recorder, &format!("approved by {by} ({id})"));
+                event(
+                    &self.shared,
+                    Event {
+                        connection_id: Some(&self.conn_id),
+                        session_id: Some(&self.session_id),
+                        kind: "command-approved",
+                        subject: Some(&self.authed.identity.subject),
+                        detail: &shown,
+                        decision: Some("allow"),
+                        reason: Some(&format!("{id} approved by {by}")),
+                    },
+                );
+                if self.launch(in_rx, queued, ctl_rx).is_err() {
+                    refuse_on_channel(&handle, ch, "sallyport: the command could not be started\n")
+                        .await;
+                }
+                return;
+            }
+            Ok(approval::Outcome::Denied { by, reason: note }) => match note {
+                Some(n) => format!("approval {id} denied by {by}: {n}"),
+                None => format!("approval {id} denied by {by}"),
+            },
+            Ok(approval::Outcome::Expired) => format!("approval {id} expired ({reason})"),
+            Ok(approval::Outcome::Withdrawn) => format!("approval {id} withdrawn"),
+            Err(e) => format!("approval {id} failed: {e}"),
+        };
+        tracing::info!("exec not approved: {why}");
+        refuse_on_channel(&handle, ch, &format!("sallyport: blocked: {why}\n")).await;
+        self.refused(&shown, &why, "command-blocked", "blocked");
+    }
+
+    /// Spawn the child, open the session row and start the session task.
+    fn launch(
+        self,
+        in_rx: mpsc::UnboundedReceiver<Input>,
+        queued: Arc<Queued>,
+        ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+    ) -> Result<(), Refused> {
+        let _enter = self.span.enter();
+        let shared = &self.shared;
+        let identity = &self.authed.identity;
+        let recorder = self.recorder;
+        let (cols, rows) = self
+            .pty
+            .as_ref()
+            .map(|p| (p.cols, p.rows))
+            .unwrap_or((80, 24));
+        let term = self.pty.as_ref().map(|p| p.term.clone());
+        let env = shell::session_env(
+            &shared.account,
+            &shared.shell,
+            term.as_deref(),
+            &self.session_id,
+            self.original.as_deref(),
+            &self.env,
+        );
+        let spec = Spec {
+            account: shared.account.clone(),
+            shell: shared.shell.clone(),
+            command: self.command.clone(),
+            env,
+        };
+        let child = if self.pty.is_some() {
+            shell::spawn_pty(&spec, cols, rows).map(Child::Pty)
+        } else {
+            shell::spawn_pipes(&spec).map(Child::Pipes)
+        };
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the session child");
+                let _ = recorder.finish();
+                event(
+                    shared,
+                    Event {
+                        connection_id: Some(&self.conn_id),
+                        session_id: Some(&self.session_id),
+                        kind: "spawn-failed",
+                        subject: Some(&identity.subject),
+                        detail: &e.to_string(),
+                        ..Default::default()
+                    },
+                );
+                return Err(Refused::Failure);
+            }
+        };
+        let path_s = self.path.display().to_string();
+        if let Err(e) = shared.store.session_started(&SessionStart {
+            id: &self.session_id,
+            connection_id: &self.conn_id,
+            channel: channel_num(self.channel),
+            user: &self.authed.user,
+            identity,
+            kind: self.kind,
+            command: self.shown.as_deref(),
+            pty: self.pty.is_some(),
+            term: term.as_deref(),
+            cols: self.pty.as_ref().map(|p| p.cols),
+            rows: self.pty.as_ref().map(|p| p.rows),
+            recording: Some(&path_s),
+        }) {
+            // Fail closed: an unaudited session does not run.
+            tracing::error!(error = %e, "audit: cannot record session; refusing it");
+            child.kill();
+            let _ = recorder.finish();
+            return Err(Refused::Failure);
+        }
+        tracing::info!(command = self.shown.as_deref().unwrap_or(""), pty = self.pty.is_some(), recording = %path_s, "session started");
+
+        let recorder = Arc::new(Mutex::new(Some(recorder)));
+        let failed = CancellationToken::new();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let input = InputSeam {
+            recorder: Arc::clone(&recorder),
+            record_input: self.record_input,
+            bytes_in: Arc::clone(&bytes_in),
+            pty: self.pty.is_some(),
+        };
+        self.running.send_modify(|n| *n += 1);
+        let task = Task {
+            shared: Arc::clone(shared),
+            session_id: self.session_id,
+            conn_id: self.conn_id,
+            subject: identity.subject.clone(),
+            channel: self.channel,
+            handle: self.handle,
+            output: OutputSeam {
+                recorder,
+                bytes_out: 0,
+            },
+            bytes_in,
+            failed,
+            running: self.running,
+        };
+        tokio::spawn(tracing::Instrument::instrument(
+            task.run(child, input, in_rx, queued, ctl_rx),
+            self.span.clone(),
+        ));
+        Ok(())
+    }
+}
+
+fn with_marker(r: &mut Recorder, label: &str) -> Result<(), record::Error> {
+    let res = r.marker(label);
+    if let Err(e) = &res {
+        tracing::error!(error = %e, "cannot write the marker");
+    }
+    res
+}
+
+/// Tell the client why on stderr, exit 126, close (an accepted channel).
+async fn refuse_on_channel(handle: &Handle, ch: ChannelId, message: &str) {
+    let _ = handle
+        .extended_data(ch, 1, Bytes::from(message.to_string()))
+        .await;
+    let _ = handle.exit_status_request(ch, EXIT_DENIED).await;
+    let _ = handle.eof(ch).await;
+    let _ = handle.close(ch).await;
 }
 
 fn channel_num(c: ChannelId) -> u32 {
     // ChannelId has no public accessor for its number; Display prints it.
     c.to_string().parse().unwrap_or(0)
-}
-
-/// The guard's view of an exec command. Placeholder until
-/// `guard::parse::parse` lands: one simple command split like a shell would,
-/// or the whole text as opaque when it does not even split.
-pub fn command_line(raw: &str) -> CommandLine {
-    match shell_words::split(raw) {
-        Ok(argv) => CommandLine {
-            raw: raw.to_string(),
-            simple: vec![argv],
-            opaque: vec![],
-        },
-        Err(_) => CommandLine {
-            raw: raw.to_string(),
-            simple: vec![],
-            opaque: vec![raw.to_string()],
-        },
-    }
 }
 
 enum Child {
@@ -864,11 +1129,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_line_splits_or_goes_opaque() {
-        let c = command_line("ls -l '/tmp/a b'");
-        assert_eq!(c.simple, vec![vec!["ls", "-l", "/tmp/a b"]]);
-        let c = command_line("echo 'unterminated");
-        assert!(c.simple.is_empty());
-        assert_eq!(c.opaque.len(), 1);
+    fn clip_cuts_at_char_boundaries() {
+        assert_eq!(clip("abc", 5), "abc");
+        assert_eq!(clip("aé", 2), "a…");
+        assert_eq!(clip(&"x".repeat(10), 4), "xxxx…");
     }
 }

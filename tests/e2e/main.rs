@@ -13,6 +13,7 @@ mod auth;
 mod core;
 mod deploy;
 mod forward;
+mod guard;
 mod krl;
 mod kube_portforward;
 mod kubeapi;
