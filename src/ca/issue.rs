@@ -325,15 +325,54 @@ mod tests {
     use crate::identity::{Identity, Kind};
     use russh::keys::ssh_key::{Certificate, PrivateKey};
 
-    fn issuer() -> (tempfile::TempDir, CertIssuer) {
+    /// Policy for the unit tests (docs/policy.md format): people of the
+    /// `corp` issuer whose subject starts with a letter get their subject as
+    /// principal and the default TTL; `contractors` get 5 minutes; agents may
+    /// act on behalf of someone. Nothing matches subjects like `@@@`.
+    const POLICY: &str = r#"
+[[role]]
+name = "corp-people"
+[role.match]
+issuer = ["corp"]
+kind = "human"
+subject = ["[a-z]*"]
+[role.grant]
+principals = ["{subject}"]
+pty = true
+
+[[role]]
+name = "contractors"
+[role.match]
+issuer = ["corp"]
+groups = ["contractors"]
+[role.grant]
+principals = ["{subject}"]
+cert_ttl = "5m"
+
+[[role]]
+name = "corp-agents"
+[role.match]
+issuer = ["corp"]
+kind = "agent"
+[role.grant]
+principals = ["{subject}"]
+on_behalf_of = true
+"#;
+
+    fn issuer_with(policy: &str) -> (tempfile::TempDir, CertIssuer) {
         let dir = tempfile::tempdir().unwrap();
         let keys =
             CaKeys::load_or_create(&dir.path().join("k"), Duration::from_secs(3600), &[]).unwrap();
         let store = Store::in_memory().unwrap();
+        let policy = crate::policy::Policy::from_toml("issue-test.toml", policy).unwrap();
         (
             dir,
-            CertIssuer::new(Arc::new(keys), store, PolicyHandle::default()),
+            CertIssuer::new(Arc::new(keys), store, PolicyHandle::new(policy)),
         )
+    }
+
+    fn issuer() -> (tempfile::TempDir, CertIssuer) {
+        issuer_with(POLICY)
     }
 
     fn token(sub: &str, kind: Kind, exp_in: i64) -> VerifiedToken {
@@ -395,9 +434,13 @@ mod tests {
             .unwrap();
         let c = Certificate::from_openssh(&i.certificate).unwrap();
         assert_eq!(c.key_id(), "oidc:corp:alice@corp");
-        assert_eq!(c.valid_principals(), ["alicecorp".to_string()]);
+        // The policy engine sanitises `{subject}` into a login name.
+        assert_eq!(c.valid_principals(), ["alice_corp".to_string()]);
+        // No role sets cert_ttl: the 15-minute default for people (+1 min back-dating).
         assert_eq!(c.valid_before() - c.valid_after(), 900 + 60);
         assert!(c.extensions().contains_key("identity@sallyport"));
+        assert!(c.extensions().contains_key("permit-pty"));
+        assert!(!c.extensions().contains_key("permit-port-forwarding"));
         let l = iss.store().list_certificates(10).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].serial, i.serial);
@@ -412,8 +455,14 @@ mod tests {
         let exp = t.exp as u64;
         let i = iss.issue(&req(t)).unwrap();
         assert_eq!(i.valid_before, exp);
+        // No role sets cert_ttl for agents: their 10-minute default.
         let i = iss.issue(&req(token("bot", Kind::Agent, 3600))).unwrap();
         assert_eq!(i.valid_before - i.valid_after, 600 + 60);
+        // A role's cert_ttl caps a long-lived token (roles without one do not lift it).
+        let mut t = token("carl", Kind::Human, 86400);
+        t.identity.groups = vec!["contractors".into()];
+        let i = iss.issue(&req(t)).unwrap();
+        assert_eq!(i.valid_before - i.valid_after, 300 + 60);
         assert_eq!(
             iss.issue(&req(token("alice", Kind::Human, -5)))
                 .unwrap_err()
@@ -438,19 +487,81 @@ mod tests {
     }
 
     #[test]
+    fn ttl_capped_by_token_even_when_policy_allows_longer() {
+        let (_d, iss) = issuer_with(
+            r#"
+[[role]]
+name = "long"
+match = { issuer = "corp" }
+grant = { principals = ["{subject}"], cert_ttl = "2h" }
+"#,
+        );
+        let i = iss.issue(&req(token("alice", Kind::Human, 86400))).unwrap();
+        assert_eq!(i.valid_before - i.valid_after, 7200 + 60);
+        let t = token("alice", Kind::Human, 1800);
+        let exp = t.exp as u64;
+        assert_eq!(iss.issue(&req(t)).unwrap().valid_before, exp);
+    }
+
+    #[test]
     fn policy_denial_and_principal_choice() {
         let (_d, iss) = issuer();
-        assert_eq!(
-            iss.issue(&req(token("@@@", Kind::Human, 3600)))
-                .unwrap_err()
-                .code(),
-            "policy_denied"
-        );
+        // No role matches: refused with the engine's reason, nothing recorded.
+        let e = iss
+            .issue(&req(token("@@@", Kind::Human, 3600)))
+            .unwrap_err();
+        assert_eq!(e.code(), "policy_denied");
+        assert_eq!(e.status(), 403);
+        assert!(e.to_string().contains("no role matched"), "{e}");
+        let mut other = token("alice", Kind::Human, 3600);
+        other.identity.issuer = "elsewhere".into();
+        assert_eq!(iss.issue(&req(other)).unwrap_err().code(), "policy_denied");
+        assert!(iss.store().list_certificates(10).unwrap().is_empty());
         let mut r = req(token("alice", Kind::Human, 3600));
         r.principal = Some("root".into());
         assert_eq!(iss.issue(&r).unwrap_err().code(), "principal_not_allowed");
         r.principal = Some("alice".into());
         assert_eq!(iss.issue(&r).unwrap().principals, vec!["alice".to_string()]);
+    }
+
+    #[test]
+    fn default_policy_and_missing_principal_deny() {
+        // The shipped default policy grants only operator (`local`) identities.
+        let dir = tempfile::tempdir().unwrap();
+        let keys =
+            CaKeys::load_or_create(&dir.path().join("k"), Duration::from_secs(3600), &[]).unwrap();
+        let iss = CertIssuer::new(
+            Arc::new(keys),
+            Store::in_memory().unwrap(),
+            PolicyHandle::default(),
+        );
+        assert_eq!(
+            iss.issue(&req(token("alice", Kind::Human, 3600)))
+                .unwrap_err()
+                .code(),
+            "policy_denied"
+        );
+        // A role whose principal template has no value for this identity
+        // (no email): never a certificate without principals.
+        let (_d, iss) = issuer_with(
+            r#"
+[[role]]
+name = "by-email"
+match = { issuer = "corp" }
+grant = { principals = ["{email_local}"] }
+"#,
+        );
+        let e = iss
+            .issue(&req(token("alice", Kind::Human, 3600)))
+            .unwrap_err();
+        assert_eq!(e.code(), "policy_denied");
+        assert!(e.to_string().contains("no login principal"), "{e}");
+        let mut t = token("alice", Kind::Human, 3600);
+        t.identity.email = Some("Alice.B@example.com".into());
+        assert_eq!(
+            iss.issue(&req(t)).unwrap().principals,
+            vec!["alice.b".to_string()]
+        );
     }
 
     #[tokio::test]
