@@ -12,19 +12,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-/// Migrations in order; the schema version is the number applied.
 pub mod api;
+pub mod approvals;
 pub mod certs;
 pub mod connections;
 pub mod events;
 pub mod kube;
+pub mod mask_hits;
 pub mod sessions;
 
+/// Migrations in order; the schema version is the number applied.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("migrations/0001_init.sql")),
     (
         "0002_kube_recording",
         include_str!("migrations/0002_kube_recording.sql"),
+    ),
+    (
+        "0003_maskguard_approvals",
+        include_str!("migrations/0003_maskguard_approvals.sql"),
     ),
 ];
 

@@ -14,8 +14,8 @@ pub enum Command {
     List(ListArgs),
     /// Show one session (every column) and its events.
     Show(ShowArgs),
-    /// Replay a session's recording (`asciinema play`, or print it when
-    /// asciinema is not installed).
+    /// Replay a session's recording (`asciinema play`; when asciinema is not
+    /// installed or stdout is not a terminal, print what the client saw).
     Play(PlayArgs),
 }
 
@@ -98,13 +98,16 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
             let path = s
                 .recording
                 .ok_or_else(|| anyhow::anyhow!("session {} has no recording", s.id))?;
-            let has_asciinema = std::process::Command::new("asciinema")
-                .arg("--version")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+            // asciinema play needs a terminal; piped, print the output instead.
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let has_asciinema = tty
+                && std::process::Command::new("asciinema")
+                    .arg("--version")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
             if has_asciinema {
                 let st = std::process::Command::new("asciinema")
                     .arg("play")
@@ -117,7 +120,9 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
                     ExitCode::FAILURE
                 });
             }
-            eprintln!("recording: {path} (install asciinema to replay it with timing)");
+            if tty {
+                eprintln!("recording: {path} (install asciinema to replay it with timing)");
+            }
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read recording {path}"))?;
             print!("{}", cast_output(&text));

@@ -331,7 +331,17 @@ pub fn spawn_pipes(spec: &Spec) -> Result<tokio::process::Child, Error> {
         // std drops supplementary groups (setgroups(0)) when root sets a uid.
         cmd.uid(spec.account.uid).gid(spec.account.gid);
     }
-    cmd.spawn().map_err(|e| Error::Spawn {
+    match cmd.spawn() {
+        // std changes directory after dropping privileges: a home the account
+        // cannot enter fails the spawn. Like sshd ("Could not chdir to home
+        // directory"), run from / instead.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && spec.account.is_foreign() => {
+            tracing::warn!(home = %spec.account.home.display(), "cannot enter the home directory as {}; starting in /", spec.account.name);
+            cmd.current_dir("/").spawn()
+        }
+        other => other,
+    }
+    .map_err(|e| Error::Spawn {
         program: spec.shell.display().to_string(),
         message: e.to_string(),
     })

@@ -174,6 +174,7 @@ async fn connection(
         authed_tx,
         running_tx,
         Arc::clone(&probe),
+        tracing::Span::current(),
     );
     let store = shared.store.clone();
     let started = tokio::time::timeout_at(
@@ -211,6 +212,10 @@ async fn connection(
             r = &mut session => {
                 match r {
                     Ok(()) => tracing::info!("connection closed"),
+                    // Most clients just drop TCP after their last channel closes.
+                    Err(russh::Error::IO(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::info!("connection closed by the client");
+                    }
                     Err(e) => {
                         tracing::info!(error = %e, "connection ended");
                         if end_reason.is_none() {
@@ -263,17 +268,21 @@ async fn connection(
             "client closed before authenticating".into()
         }
     });
-    if !authed && probe.attempts() == 0 {
+    if !authed {
         // russh refuses expired, not-yet-valid and badly signed certificates
         // before the handler sees them, so the verifier never wrote a row for
-        // those: leave one here so every failed login is in the audit log.
+        // those: this closing row makes every failed login visible.
         let _ = store.record_auth_attempt(&crate::audit::connections::AuthAttempt {
             connection_id: &conn_id,
             peer: &peer.to_string(),
             user: &probe.last_user(),
             method: "publickey",
             accepted: false,
-            reason: &format!("not authenticated: {reason}"),
+            reason: &format!(
+                "not authenticated: {reason} ({} credential(s) judged by sallyport; \
+                 certificates outside their validity window are refused inside russh)",
+                probe.attempts()
+            ),
             ..Default::default()
         });
     }

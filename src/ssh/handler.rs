@@ -71,6 +71,9 @@ impl Authed {
     }
 }
 
+/// `env` requests accepted so far on a channel.
+type EnvList = Vec<(String, String)>;
+
 enum Chan {
     /// Opened; collecting pty-req and env before shell/exec.
     Pending {
@@ -94,6 +97,9 @@ pub struct ConnHandler {
     channels: HashMap<ChannelId, Chan>,
     /// Session channels opened so far on this connection (MaxSessions-like).
     opened: u32,
+    /// The connection's span (peer, id, user): russh runs this handler in a
+    /// task of its own, which does not inherit the accept loop's span.
+    span: tracing::Span,
 }
 
 impl ConnHandler {
@@ -104,8 +110,10 @@ impl ConnHandler {
         authed_tx: watch::Sender<bool>,
         running: watch::Sender<usize>,
         probe: Arc<AuthProbe>,
+        span: tracing::Span,
     ) -> Self {
         Self {
+            span,
             shared,
             conn_id,
             peer,
@@ -119,6 +127,7 @@ impl ConnHandler {
     }
 
     fn attempt(&self, a: AuthAttempt<'_>) {
+        let _g = self.span.enter();
         self.probe.attempts.fetch_add(1, Ordering::Relaxed);
         let verdict = if a.accepted { "accepted" } else { "REJECTED" };
         tracing::info!(
@@ -137,6 +146,7 @@ impl ConnHandler {
 
     /// Record a refused request and log it.
     fn denied(&self, detail: &str, reason: &str) {
+        let _g = self.span.enter();
         let subject = self.authed.as_ref().map(|a| a.identity.subject.as_str());
         tracing::info!(
             subject = subject.unwrap_or(""),
@@ -167,14 +177,11 @@ impl ConnHandler {
         ) {
             tracing::error!(error = %e, "audit: cannot record login");
         }
-        tracing::Span::current().record("user", authed.user.as_str());
+        self.span.record("user", authed.user.as_str());
         self.authed = Some(authed);
     }
 
-    fn pending_mut(
-        &mut self,
-        ch: ChannelId,
-    ) -> Option<(&mut Option<PtyReq>, &mut Vec<(String, String)>)> {
+    fn pending_mut(&mut self, ch: ChannelId) -> Option<(&mut Option<PtyReq>, &mut EnvList)> {
         match self.channels.get_mut(&ch) {
             Some(Chan::Pending { pty, env }) => Some((pty, env)),
             _ => None,
@@ -202,6 +209,7 @@ impl ConnHandler {
             }
         };
         let req = Request {
+            span: self.span.clone(),
             conn_id: self.conn_id.clone(),
             channel: ch,
             authed,
@@ -289,7 +297,9 @@ impl Handler for ConnHandler {
             reason: "break-glass key",
             ..Default::default()
         });
-        tracing::warn!(user, key = %bg.name, "BREAK-GLASS login with a plain key");
+        self.span.in_scope(|| {
+            tracing::warn!(user, key = %bg.name, "BREAK-GLASS login with a plain key");
+        });
         self.accept_login(Authed {
             user: user.to_string(),
             identity: Identity {

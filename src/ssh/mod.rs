@@ -128,10 +128,25 @@ impl Shared {
             keepalive_interval: Some(s.keepalive_interval),
             keepalive_max: 3,
             nodelay: true,
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(CIPHERS),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
 }
+
+/// Ciphers offered, AEAD first. russh's default list leaves out
+/// aes128-gcm, which OpenSSH clients may be configured to require.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
 
 /// Parse an OpenSSH authorized_keys file of plain keys (no options). A
 /// missing file means break-glass access is off.

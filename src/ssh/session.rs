@@ -40,8 +40,13 @@ pub const EXIT_DENIED: u32 = 126;
 /// descendants still write to the pty/pipes before closing anyway.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// Input buffered per channel between the connection and the input task.
-const INPUT_QUEUE: usize = 256;
+/// Client input buffered per channel before the connection waits. The
+/// handler must not block while the child is busy writing output (russh
+/// delivers our output through the same loop that calls the handler, so a
+/// blocked handler and a child blocked on a full stdout pipe would wait on
+/// each other); only a child that ignores this much pending stdin while
+/// still producing output can make it wait.
+const INPUT_HIGH_WATER: usize = 16 * 1024 * 1024;
 
 /// A `pty-req` as received.
 #[derive(Debug, Clone)]
@@ -54,6 +59,8 @@ pub struct PtyReq {
 /// A shell/exec request with everything collected before it.
 #[derive(Debug)]
 pub struct Request {
+    /// The connection's span; the session's span is its child.
+    pub span: tracing::Span,
     pub conn_id: String,
     pub channel: ChannelId,
     pub authed: Authed,
@@ -91,18 +98,51 @@ pub enum Ctl {
 /// The handler's grip on a running channel.
 #[derive(Debug)]
 pub struct Control {
-    input: mpsc::Sender<Input>,
+    input: mpsc::UnboundedSender<Input>,
+    queued: Arc<Queued>,
     ctl: mpsc::UnboundedSender<Ctl>,
 }
 
 impl Control {
-    /// Queue client input. Waits when the channel's input queue is full,
-    /// which pushes back on this connection (as a full SSH window would).
+    /// Queue client input. Waits only past [`INPUT_HIGH_WATER`] bytes
+    /// pending, which pushes back on this connection.
     pub async fn input(&self, i: Input) {
-        let _ = self.input.send(i).await;
+        if let Input::Data(d) = &i {
+            self.queued.bytes.fetch_add(d.len(), Ordering::AcqRel);
+        }
+        if self.input.send(i).is_err() {
+            return;
+        }
+        while self.queued.bytes.load(Ordering::Acquire) > INPUT_HIGH_WATER {
+            let notified = self.queued.drained.notified();
+            if self.input.is_closed()
+                || self.queued.bytes.load(Ordering::Acquire) <= INPUT_HIGH_WATER
+            {
+                break;
+            }
+            notified.await;
+        }
     }
     pub fn ctl(&self, c: Ctl) {
         let _ = self.ctl.send(c);
+    }
+}
+
+/// Bytes of client input queued for a channel's input task.
+#[derive(Debug, Default)]
+struct Queued {
+    bytes: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Queued {
+    fn take(&self, n: usize) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(n))
+            });
+        self.drained.notify_waiters();
     }
 }
 
@@ -175,6 +215,7 @@ pub fn start(
     handle: Handle,
     running: watch::Sender<usize>,
 ) -> Result<Control, Refused> {
+    let _conn = req.span.clone().entered();
     let identity = &req.authed.identity;
     let policy = shared.policy.current();
     let grant = policy.session(identity);
@@ -364,7 +405,8 @@ pub fn start(
     }
     tracing::info!(command = command.as_deref().unwrap_or(""), pty = req.pty.is_some(), recording = %path_s, "session started");
 
-    let (in_tx, in_rx) = mpsc::channel(INPUT_QUEUE);
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(Queued::default());
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let recorder = Arc::new(Mutex::new(Some(recorder)));
     let failed = CancellationToken::new();
@@ -392,11 +434,12 @@ pub fn start(
         running,
     };
     tokio::spawn(tracing::Instrument::instrument(
-        task.run(child, input, in_rx, ctl_rx),
+        task.run(child, input, in_rx, Arc::clone(&queued), ctl_rx),
         span.clone(),
     ));
     Ok(Control {
         input: in_tx,
+        queued,
         ctl: ctl_tx,
     })
 }
@@ -474,7 +517,8 @@ impl Task {
         mut self,
         child: Child,
         seam: InputSeam,
-        in_rx: mpsc::Receiver<Input>,
+        in_rx: mpsc::UnboundedReceiver<Input>,
+        queued: Arc<Queued>,
         mut ctl_rx: mpsc::UnboundedReceiver<Ctl>,
     ) {
         let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
@@ -544,12 +588,13 @@ impl Task {
             }
         };
         drop(out_tx);
-        let input_task = tokio::spawn(input_loop(seam, in_rx, sink, self.failed.clone()));
+        let input_task = tokio::spawn(input_loop(seam, in_rx, queued, sink, self.failed.clone()));
 
         let mut exit: Option<Exit> = None;
         let mut out_open = true;
         let mut end_reason: Option<String> = None;
         let mut killed = false;
+        let mut ctl_open = true;
         let shutdown = self.shared.shutdown.clone();
         let failed = self.failed.clone();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -573,7 +618,7 @@ impl Task {
                 e = &mut exit_rx, if exit.is_none() => {
                     exit = Some(e.unwrap_or(Exit::Code(255)));
                 }
-                c = ctl_rx.recv() => match c {
+                c = ctl_rx.recv(), if ctl_open => match c {
                     Some(Ctl::Resize(cols, rows)) => self.resize(pty_master.as_ref(), cols, rows),
                     Some(Ctl::Signal(name)) => {
                         if let Some(p) = pid {
@@ -582,18 +627,14 @@ impl Task {
                         }
                     }
                     Some(Ctl::ClientClosed) | None => {
-                        if end_reason.is_none() {
-                            end_reason = Some("client closed the channel".into());
-                        }
-                        // Like sshd: the session's terminal hung up.
-                        if exit.is_none() && !killed {
-                            if let Some(p) = pid {
-                                shell::signal(p, "HUP", group);
+                        ctl_open = false;
+                        if exit.is_none() {
+                            end_reason.get_or_insert_with(|| "client closed the channel".into());
+                            // Nothing outlives its (recorded) channel: hang up and kill.
+                            if !killed {
+                                kill(pid, group, &mut killed);
                             }
-                            killed = true;
                         }
-                        // Nobody will read further output.
-                        out_open = out_open && exit.is_none();
                     }
                 },
                 _ = shutdown.cancelled(), if !killed => {
@@ -612,26 +653,6 @@ impl Task {
         }
         input_task.abort();
         let exit = exit.unwrap_or(Exit::Code(255));
-        let ch = self.channel;
-        match &exit {
-            Exit::Code(c) => {
-                let _ = self.handle.exit_status_request(ch, *c).await;
-            }
-            Exit::Signal(name, core) => {
-                let _ = self
-                    .handle
-                    .exit_signal_request(
-                        ch,
-                        super::sig_from_name(name),
-                        *core,
-                        String::new(),
-                        String::new(),
-                    )
-                    .await;
-            }
-        }
-        let _ = self.handle.eof(ch).await;
-        let _ = self.handle.close(ch).await;
         drop(pty_master);
         let rec = match self.output.recorder.lock() {
             Ok(mut g) => g.take(),
@@ -660,6 +681,28 @@ impl Task {
         ) {
             tracing::error!(error = %e, "audit: cannot close session row");
         }
+        // The audit row and the recording are complete before the client
+        // learns the session ended, so whoever sees the exit sees the record.
+        let ch = self.channel;
+        match &exit {
+            Exit::Code(c) => {
+                let _ = self.handle.exit_status_request(ch, *c).await;
+            }
+            Exit::Signal(name, core) => {
+                let _ = self
+                    .handle
+                    .exit_signal_request(
+                        ch,
+                        super::sig_from_name(name),
+                        *core,
+                        String::new(),
+                        String::new(),
+                    )
+                    .await;
+            }
+        }
+        let _ = self.handle.eof(ch).await;
+        let _ = self.handle.close(ch).await;
         self.running.send_modify(|n| *n = n.saturating_sub(1));
     }
 
@@ -719,11 +762,15 @@ impl Task {
     }
 }
 
-fn kill(pid: Option<u32>, group: bool, killed: &mut bool) {
+/// End the child and its process group (a pty child leads its own session
+/// and group; a pipe child was put in its own group). HUP lets programs
+/// notice the hang-up; KILL follows because nothing may outlive the
+/// recorded channel.
+fn kill(pid: Option<u32>, _group: bool, killed: &mut bool) {
     if let Some(p) = pid {
-        // SIGHUP first would let a shell ignore it; the session is over.
-        shell::signal(p, "HUP", group);
-        shell::signal(p, "KILL", group);
+        shell::signal(p, "HUP", true);
+        shell::signal(p, "KILL", true);
+        shell::signal(p, "KILL", false);
     }
     *killed = true;
 }
@@ -754,14 +801,24 @@ async fn pump(r: &mut (impl tokio::io::AsyncRead + Unpin), tx: mpsc::Sender<Out>
 /// Client input through seam (b) into the child, in its own task.
 async fn input_loop(
     mut seam: InputSeam,
-    mut rx: mpsc::Receiver<Input>,
+    mut rx: mpsc::UnboundedReceiver<Input>,
+    queued: Arc<Queued>,
     mut sink: Sink,
     failed: CancellationToken,
 ) {
     use tokio::io::AsyncWriteExt;
+    // Whatever way this ends, the handler must not wait on it any more.
+    struct Release(Arc<Queued>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.take(usize::MAX);
+        }
+    }
+    let _release = Release(Arc::clone(&queued));
     while let Some(i) = rx.recv().await {
         match i {
             Input::Data(d) => {
+                let len = d.len();
                 let admitted = match seam.admit(d).await {
                     Ok(a) => a,
                     Err(e) => {
@@ -770,7 +827,10 @@ async fn input_loop(
                         return;
                     }
                 };
-                let Some(d) = admitted else { continue };
+                let Some(d) = admitted else {
+                    queued.take(len);
+                    continue;
+                };
                 match &mut sink {
                     Sink::Pty(tx) => {
                         if tx.send(d).is_err() {
@@ -784,6 +844,7 @@ async fn input_loop(
                     }
                     Sink::Pipe(None) => {}
                 }
+                queued.take(len);
             }
             Input::Eof => {
                 // A pipe child sees EOF on stdin; a pty has no half-close

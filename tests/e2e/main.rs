@@ -4,12 +4,16 @@
 //! command, its output and the server log when something fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod approvals;
 mod policy;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth;
+mod core;
 mod deploy;
 mod krl;
 mod kubeapi;
 mod login;
 mod oidc;
+mod sessions;

@@ -498,3 +498,76 @@ pub fn asciinema_cat(path: &Path) -> Result<String, String> {
         ))
     }
 }
+
+/// Rows of an SQL query on the server's audit database, every column as
+/// text (NULL as ""), for assertions on audit rows.
+pub fn query_db(db: &Path, sql: &str) -> Vec<Vec<String>> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    let n = st.column_count();
+    let rows = st
+        .query_map([], |r| {
+            let mut v = Vec::new();
+            for i in 0..n {
+                let val: rusqlite::types::Value = r.get(i)?;
+                v.push(match val {
+                    rusqlite::types::Value::Null => String::new(),
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Real(f) => f.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    rusqlite::types::Value::Blob(_) => "<blob>".into(),
+                });
+            }
+            Ok(v)
+        })
+        .unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// A user whose certificate is made by the real `ssh-keygen -s CA_KEY` with
+/// `args` (e.g. `-V -2h:-1h`, `-O critical:...`, `-h`), principal = `name`
+/// unless `args` carries its own `-n`.
+pub fn user_signed_by(dir: &Path, name: &str, ca_key: &Path, args: &[&str]) -> User {
+    let key = dir.join(format!("id_{name}_{}", free_port()));
+    keygen(&key);
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.arg("-q")
+        .arg("-s")
+        .arg(ca_key)
+        .args(["-I", &format!("test-{name}")]);
+    if !args.contains(&"-n") {
+        cmd.args(["-n", name]);
+    }
+    cmd.args(args).arg(format!("{}.pub", key.display()));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen -s failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    User {
+        name: name.to_string(),
+        key: key.clone(),
+        cert: PathBuf::from(format!("{}-cert.pub", key.display())),
+    }
+}
+
+/// Parse an asciicast v2 file: (header, events as (time, code, data)).
+pub fn parse_cast(path: &Path) -> (serde_json::Value, Vec<(f64, String, String)>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let events = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"));
+            (
+                v[0].as_f64().unwrap(),
+                v[1].as_str().unwrap().to_string(),
+                v[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (header, events)
+}

@@ -1,0 +1,243 @@
+//! Line tracker tests, fed with the bytes bash and a terminal exchange.
+
+use super::*;
+
+const A: &[u8] = b"\x1b]133;A\x07";
+const B: &[u8] = b"\x1b]133;B\x07";
+const C: &[u8] = b"\x1b]133;C\x07";
+
+fn prompt(t: &mut LineTracker) {
+    let mut p = Vec::new();
+    p.extend_from_slice(A);
+    p.extend_from_slice(b"alice@host:~$ ");
+    p.extend_from_slice(B);
+    t.output(&p);
+}
+
+/// Type `keys`, echo `echo` from the shell, return the actions of the keys.
+fn type_keys(t: &mut LineTracker, keys: &[u8], echo: &[u8]) -> Vec<Action> {
+    let a = t.input(keys);
+    t.output(echo);
+    a
+}
+
+#[test]
+fn plain_typing_with_marks_reads_the_screen() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    let a = type_keys(&mut t, b"ls -l", b"ls -l");
+    assert_eq!(a, vec![Action::Forward(b"ls -l".to_vec())]);
+    let a = t.input(b"\r");
+    assert_eq!(a, vec![Action::Enter(b"\r".to_vec())]);
+    assert_eq!(
+        t.line(),
+        Submitted {
+            line: "ls -l".into(),
+            certainty: Certainty::Screen
+        }
+    );
+}
+
+#[test]
+fn history_recall_is_read_from_the_screen() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    // Up arrow: bash redraws the recalled line.
+    type_keys(&mut t, b"\x1b[A", b"rm -rf /tmp/important");
+    let s = t.line();
+    assert_eq!(s.line, "rm -rf /tmp/important");
+    assert_eq!(s.certainty, Certainty::Screen);
+}
+
+#[test]
+fn tab_completion_is_read_from_the_screen() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"kubectl del", b"kubectl del");
+    type_keys(&mut t, b"\t", b"ete ");
+    type_keys(&mut t, b"ns prod", b"ns prod");
+    assert_eq!(t.line().line, "kubectl delete ns prod");
+    assert!(!t.line().is_unsure());
+}
+
+#[test]
+fn readline_editing_and_wrapping() {
+    let mut t = LineTracker::new(24, 20);
+    prompt(&mut t); // 14 columns of prompt
+    // Long line wraps; then Ctrl-A and insert at the start (bash redraws).
+    type_keys(&mut t, b"echo aaaaaaaaaaaaaaaa", b"echo aaaaaaaaaaaaaaaa");
+    assert_eq!(t.line().line, "echo aaaaaaaaaaaaaaaa");
+    // Backspace: bash echoes BS, space, BS.
+    type_keys(&mut t, b"\x7f", b"\x08 \x08");
+    assert_eq!(t.line().line, "echo aaaaaaaaaaaaaaa");
+    assert_eq!(t.line().certainty, Certainty::Screen);
+}
+
+#[test]
+fn without_marks_typed_input_is_used_and_history_is_unsure() {
+    let mut t = LineTracker::new(24, 80);
+    t.output(b"$ ");
+    t.input(b"rm -rf xx\x7f\x7fy");
+    let s = t.line();
+    assert_eq!(s.line, "rm -rf y");
+    assert_eq!(s.certainty, Certainty::Typed);
+    t.cleared();
+    t.input(b"echo a b c\x17\x17d");
+    assert_eq!(t.line().line, "echo a d");
+    t.cleared();
+    t.input(b"abc\x1b[D\x1b[DX");
+    assert_eq!(t.line().line, "aXbc");
+    t.cleared();
+    t.input(b"\x1b[A");
+    assert!(t.line().is_unsure());
+    t.cleared();
+    t.input(b"ls\t");
+    assert!(t.line().is_unsure());
+}
+
+#[test]
+fn hiding_tricks_make_it_unsure() {
+    // Output that resets or clears the screen after the prompt.
+    for trick in [&b"\x1bc"[..], b"\x1b[2J", b"\x1b[?1049h"] {
+        let mut t = LineTracker::new(24, 80);
+        prompt(&mut t);
+        type_keys(&mut t, b"id", b"id");
+        t.output(trick);
+        assert!(t.line().is_unsure(), "{trick:?}");
+    }
+    // A carriage return overwriting the echoed command: the screen shows
+    // something else than what was typed.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"rm -rf /", b"rm -rf /\r\x1b[Kalice@host:~$ ls");
+    assert!(t.line().is_unsure());
+    // Ctrl-V ESC (literal escape inserted into the line).
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"echo \x16\x1b[8mhidden", b"echo ^[[8mhidden");
+    assert!(t.line().is_unsure());
+    // Colors do not hide text from the model.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    t.input(b"rm x");
+    t.output(b"\x1b[30;40mrm x\x1b[0m");
+    assert_eq!(t.line().line, "rm x");
+}
+
+#[test]
+fn enter_outside_a_prompt_is_unsure_once_marks_were_seen() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"sleep 10", b"sleep 10");
+    t.input(b"\r");
+    t.submitted();
+    t.output(b"\r\n");
+    t.output(C);
+    // Typing while a command runs (e.g. into `cat` or a nested program).
+    t.input(b"rm -rf /");
+    assert!(t.line().is_unsure());
+}
+
+#[test]
+fn bracketed_paste_checks_the_whole_paste_at_enter() {
+    let mut t = LineTracker::new(24, 80);
+    t.output(b"\x1b[?2004h");
+    prompt(&mut t);
+    let a = t.input(b"\x1b[200~echo a\rrm -rf /\x1b[201~");
+    // No Enter inside the paste: the shell only inserts the newline.
+    assert!(a.iter().all(|x| matches!(x, Action::Forward(_))), "{a:?}");
+    t.output(b"echo a\r\nrm -rf /");
+    let a = t.input(b"\r");
+    assert_eq!(a, vec![Action::Enter(b"\r".to_vec())]);
+    let s = t.line();
+    assert!(s.line.contains("rm -rf /"), "{s:?}");
+    // Without bracketed paste in the shell, every newline is an Enter.
+    let mut t = LineTracker::new(24, 80);
+    let a = t.input(b"\x1b[200~echo a\rrm -rf /\r\x1b[201~");
+    assert_eq!(
+        a.iter().filter(|x| matches!(x, Action::Enter(_))).count(),
+        2
+    );
+}
+
+#[test]
+fn marks_split_across_chunks_and_garbage_survive() {
+    let mut t = LineTracker::new(24, 80);
+    let mut all = Vec::new();
+    all.extend_from_slice(A);
+    all.extend_from_slice(b"$ ");
+    all.extend_from_slice(B);
+    all.extend_from_slice(b"whoami");
+    for b in &all {
+        t.output(std::slice::from_ref(b));
+    }
+    t.input(b"whoami");
+    assert_eq!(
+        t.line(),
+        Submitted {
+            line: "whoami".into(),
+            certainty: Certainty::Screen
+        }
+    );
+    // Garbage does not crash it.
+    t.output(&[0xff; 1000]);
+    t.output(b"\x1b]133;");
+    t.output(&vec![b'x'; 10_000]);
+    t.input(&[0xff, 0xfe, 0x1b, 0x1b, 0x1b]);
+    let _ = t.line();
+}
+
+#[test]
+fn the_rcfile_emits_the_marks() {
+    assert!(BASH_RC.contains("133;A"));
+    assert!(BASH_RC.contains("133;B"));
+    assert!(BASH_RC.contains("133;C"));
+    assert!(BASH_RC.contains("enable-bracketed-paste on"));
+}
+
+/// Bytes recorded from a real bash 5 with `shell-integration.bash` in a
+/// 24x20 pty (the prompt itself wraps): Tab completion, Ctrl-A and insert,
+/// a wrapped line, Ctrl-U, Ctrl-C.
+#[test]
+fn recorded_bash_session() {
+    let mut t = LineTracker::new(24, 20);
+    let step = |t: &mut LineTracker, keys: &[u8], out: &[u8]| {
+        let _ = t.input(keys);
+        t.output(out);
+        t.line()
+    };
+    t.output(
+        b"\x1b]133;D;0\x07\x1b[?2004h\x1b]133;A\x07root@vm:/work/wt/maskguard# \x1b]133;B\x07",
+    );
+    assert_eq!(step(&mut t, b"ech", b"ech").line, "ech");
+    assert_eq!(step(&mut t, b"\t", b"o ").line, "echo");
+    assert_eq!(step(&mut t, b"hi", b"hi").line, "echo hi");
+    step(&mut t, b"\x01", b"\x08\x08\x08\x08\x08\x08\x08");
+    let s = step(
+        &mut t,
+        b"sudo ",
+        b"sudo echo hi \x1b[A\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C",
+    );
+    assert_eq!(s.line, "sudo echo hi");
+    assert_eq!(s.certainty, Certainty::Screen);
+    step(&mut t, b"\x05", b"\r\n\r");
+    let s = step(&mut t, b" aaaaaaaaaaaaaaaaaaaa", b" aaaaaaaaaaaaaaaaaaaa");
+    assert_eq!(s.line, "sudo echo hi aaaaaaaaaaaaaaaaaaaa");
+    let s = step(
+        &mut t,
+        b"\x15",
+        b"\x1b[A\x1b[A\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[K\r\n\r\x1b[K\r\n\r\x1b[K\x1b[A\x1b[A\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C",
+    );
+    assert_eq!(s.line, "");
+    assert_eq!(
+        step(&mut t, b"echo x | base", b"echo x | base").line,
+        "echo x | base"
+    );
+    let s = step(
+        &mut t,
+        b"\x03",
+        b"^C\x1b[?2004l\r\x1b[?2004h\x1b[?2004l\r\r\n\x1b]133;D;130\x07\x1b[?2004h\x1b]133;A\x07root@vm:/work/wt/maskguard# \x1b]133;B\x07",
+    );
+    assert_eq!(s.line, "");
+    assert_eq!(s.certainty, Certainty::Screen);
+}

@@ -1,0 +1,461 @@
+//! Tests of the masking engine: each detector with positive and negative
+//! samples, the streaming contract, and the property that any chunking gives
+//! the whole-text result.
+
+use super::*;
+use proptest::prelude::*;
+
+fn masker() -> Masker {
+    Masker::builtin().unwrap()
+}
+
+fn masked(text: &str) -> String {
+    String::from_utf8_lossy(&masker().mask(text.as_bytes()).bytes).into_owned()
+}
+
+fn hits(text: &str) -> Vec<String> {
+    masker()
+        .mask(text.as_bytes())
+        .hits
+        .iter()
+        .map(|h| h.detector.to_string())
+        .collect()
+}
+
+const GH: &str = "ghp_a1B2a1B2a1B2a1B2a1B2a1B2a1B2a1B2a1B2";
+const JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJpc3MiOiJrdWJlcm5ldGVzL3NlcnZpY2VhY2NvdW50In0.c2lnbmF0dXJlc2lnbmF0dXJl";
+const PEM: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\r\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\r\nQyNTUxOQAAACDbsl/9f6v1+UX3Q2Tlrp8cm/Bzo1d==\r\n-----END OPENSSH PRIVATE KEY-----\r\n";
+
+/// (detector, text containing the secret, the secret value that must vanish)
+fn samples() -> Vec<(&'static str, String, String)> {
+    vec![
+        (
+            "aws-access-key-id",
+            "export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n".into(),
+            "AKIAIOSFODNN7EXAMPLE".into(),
+        ),
+        (
+            "aws-secret-access-key",
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n".into(),
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+        ),
+        ("github-token", format!("remote token {GH} ok\n"), GH.into()),
+        (
+            "github-token",
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz\n".into(),
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz".into(),
+        ),
+        (
+            "gitlab-token",
+            "glpat-xY9zAbCdEfGhIjKlMnOp\n".into(),
+            "glpat-xY9zAbCdEfGhIjKlMnOp".into(),
+        ),
+        (
+            "slack-token",
+            "SLACK=xoxb-123456789012-abcdefghijkl\n".into(),
+            "xoxb-123456789012-abcdefghijkl".into(),
+        ),
+        (
+            "slack-webhook",
+            "curl https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX -d x\n"
+                .into(),
+            "T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX".into(),
+        ),
+        (
+            "stripe-key",
+            "key sk_live_4eC39HqLyjWDarjtT1zdp7dc\n".into(),
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc".into(),
+        ),
+        (
+            "gcp-api-key",
+            "AIzaSyA-1234567890abcdefghijklmnopqrstu\n".into(),
+            "AIzaSyA-1234567890abcdefghijklmnopqrstu".into(),
+        ),
+        (
+            "gcp-service-account-key",
+            r#"{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END PRIVATE KEY-----\n", "client_email": "a@b"}"#
+                .to_string()
+                + "\n",
+            "MIIEvQIBADANBgkqhkiG9w0B".into(),
+        ),
+        ("jwt", format!("token\n{JWT}\n"), JWT.into()),
+        (
+            "private-key",
+            PEM.into(),
+            "QyNTUxOQAAACDbsl/9f6v1+UX3Q2Tlrp8cm".into(),
+        ),
+        (
+            "password-assignment",
+            "DB_PASSWORD=hunter2xyz ./run\n".into(),
+            "hunter2xyz".into(),
+        ),
+        (
+            "password-assignment",
+            "{\"token\": \"abc def 123\"}\n".into(),
+            "abc def 123".into(),
+        ),
+        (
+            "password-assignment",
+            "Authorization: Bearer abcdefghijklmnop\n".into(),
+            "abcdefghijklmnop".into(),
+        ),
+        (
+            "connection-string-password",
+            "DATABASE_URL=postgres://app:s3cr3tpw@db.prod:5432/app\n".into(),
+            "s3cr3tpw".into(),
+        ),
+        (
+            "connection-string-password",
+            "mongodb+srv://root:Pa55w0rd!@cluster0.example.net/\n".into(),
+            "Pa55w0rd!".into(),
+        ),
+    ]
+}
+
+#[test]
+fn every_detector_masks_its_samples() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (det, text, secret) in samples() {
+        let out = masked(&text);
+        assert!(!out.contains(&secret), "{det}: secret visible in {out:?}");
+        assert!(
+            out.contains(&format!("[MASKED:{det}]")),
+            "{det}: no marker in {out:?}"
+        );
+        assert!(hits(&text).contains(&det.to_string()), "{det}: no hit");
+        seen.insert(det);
+    }
+    for name in builtin_names() {
+        assert!(seen.contains(name), "no sample for detector {name}");
+    }
+}
+
+#[test]
+fn value_detectors_keep_the_key_visible() {
+    assert_eq!(
+        masked("DB_PASSWORD=hunter2xyz ./run"),
+        "DB_PASSWORD=[MASKED:password-assignment] ./run"
+    );
+    assert_eq!(
+        masked("postgres://app:s3cr3tpw@db:5432/x"),
+        "postgres://app:[MASKED:connection-string-password]@db:5432/x"
+    );
+    assert_eq!(
+        masked(PEM),
+        "[MASKED:private-key]\r\n",
+        "the whole PEM block, footer included, is one marker"
+    );
+}
+
+#[test]
+fn ordinary_shell_output_is_untouched() {
+    let clean = [
+        "total 48\r\ndrwxr-xr-x  2 alice alice 4096 Nov 28 17:46 .\r\n-rw-r--r--  1 alice alice  220 Jan  6  2022 .bash_logout\r\n",
+        "commit 3f786850e387550fdab836ed7e6dc881de23001b\nAuthor: Alice <a@example.com>\n",
+        "id: 123e4567-e89b-12d3-a456-426614174000\n",
+        "PasswordAuthentication no\nsudo passwd alice\n[sudo] password for alice: \n",
+        "OLDPWD=/home/alice\nPWD=/tmp\nTOKEN_TTL\n",
+        "https://example.com:8443/path?q=1 and git@github.com:org/repo.git\n",
+        "NAME                     TYPE                                  DATA   AGE\ndefault-token-abcde      kubernetes.io/service-account-token   3      1d\n",
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n",
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n",
+        "Asia/Tokyo token: \n",
+        "password=$PGPASSWORD\n",
+    ];
+    for c in clean {
+        let m = masker().mask(c.as_bytes());
+        assert_eq!(String::from_utf8_lossy(&m.bytes), c, "changed: {c:?}");
+        assert!(m.hits.is_empty(), "hits on {c:?}: {:?}", m.hits);
+    }
+}
+
+#[test]
+fn invalid_utf8_neither_crashes_nor_unmasks() {
+    let mut text = vec![0xff, 0xfe, 0xc3];
+    text.extend_from_slice(GH.as_bytes());
+    text.extend_from_slice(&[0x80, b' ', 0xc3, 0x28]);
+    let m = masker().mask(&text);
+    assert!(!m.bytes.windows(GH.len()).any(|w| w == GH.as_bytes()));
+    assert_eq!(m.hits.len(), 1);
+    assert!(m.bytes.starts_with(&[0xff, 0xfe, 0xc3]));
+}
+
+#[test]
+fn secret_split_byte_by_byte_is_masked() {
+    for (det, text, secret) in samples() {
+        let m = masker();
+        let mut s = m.stream();
+        let mut out = Vec::new();
+        let mut hits = Vec::new();
+        for b in text.as_bytes() {
+            let r = s.push(std::slice::from_ref(b));
+            out.extend(r.bytes);
+            hits.extend(r.hits);
+        }
+        let r = s.flush();
+        out.extend(r.bytes);
+        hits.extend(r.hits);
+        let whole = m.mask(text.as_bytes());
+        assert_eq!(out, whole.bytes, "{det}");
+        assert_eq!(hits, whole.hits, "{det}");
+        assert!(!String::from_utf8_lossy(&out).contains(&secret), "{det}");
+    }
+}
+
+#[test]
+fn clean_text_is_released_at_once() {
+    let m = masker();
+    let mut s = m.stream();
+    let r = s.push(b"total 48\r\ndrwxr-xr-x 2 alice alice 4096 .\r\n");
+    assert_eq!(r.bytes, b"total 48\r\ndrwxr-xr-x 2 alice alice 4096 .\r\n");
+    assert_eq!(s.held_back(), 0);
+    // A possible keyword start is held back, and only that.
+    let r = s.push(b"$ echo gh");
+    assert_eq!(r.bytes, b"$ echo ");
+    assert_eq!(s.held_back(), 2);
+    assert_eq!(s.flush().bytes, b"gh");
+    assert_eq!(s.held_back(), 0);
+}
+
+#[test]
+fn hit_offsets_are_stream_offsets() {
+    let m = masker();
+    let mut s = m.stream();
+    let _ = s.push(b"0123456789");
+    let mut all = s.push(format!("x {GH}\n").as_bytes()).hits;
+    all.extend(s.flush().hits);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all.first().map(|h| h.offset), Some(12));
+}
+
+#[test]
+fn pem_block_longer_than_any_window_is_masked_when_streamed() {
+    let m = masker();
+    let mut s = m.stream();
+    let mut out = Vec::new();
+    out.extend(
+        s.push(b"$ cat id_rsa\r\n-----BEGIN RSA PRIVATE KEY-----\r\n")
+            .bytes,
+    );
+    let line = b"MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\r\n";
+    for _ in 0..2000 {
+        out.extend(s.push(line).bytes);
+        // The body is swallowed, not held: memory stays bounded.
+        assert!(s.held_back() < 100);
+    }
+    out.extend(s.flush().bytes); // an idle pause in the middle of the block
+    out.extend(s.push(line).bytes);
+    out.extend(
+        s.push(b"-----END RSA PRIVATE KEY-----\r\nalice@host:~$ ")
+            .bytes,
+    );
+    out.extend(s.flush().bytes);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(
+        text,
+        "$ cat id_rsa\r\n[MASKED:private-key]\r\nalice@host:~$ "
+    );
+}
+
+#[test]
+fn custom_rules() {
+    let cfg = MaskConfig {
+        detectors: vec!["jwt".into()],
+        custom: vec![
+            CustomRule {
+                name: "acme-key".into(),
+                regex: r"ACME-[0-9]{6}".into(),
+            },
+            CustomRule {
+                name: "ssn".into(),
+                regex: r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b".into(),
+            },
+        ],
+    };
+    let m = Masker::new(&cfg).unwrap();
+    assert_eq!(m.detector_names(), vec!["acme-key", "ssn", "jwt"]);
+    let text = "id ACME-123456 ssn 123-45-6789 gh ghp_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n";
+    let out = m.mask_str(text);
+    assert_eq!(
+        out,
+        "id [MASKED:acme-key] ssn [MASKED:ssn] gh ghp_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n"
+    );
+    // Byte by byte, the same.
+    let mut s = m.stream();
+    let mut b = Vec::new();
+    for c in text.as_bytes() {
+        b.extend(s.push(std::slice::from_ref(c)).bytes);
+    }
+    b.extend(s.flush().bytes);
+    assert_eq!(String::from_utf8_lossy(&b), out);
+}
+
+#[test]
+fn bad_config_is_an_error_naming_the_rule() {
+    let err = Masker::new(&MaskConfig {
+        detectors: vec![],
+        custom: vec![CustomRule {
+            name: "broken".into(),
+            regex: "(unclosed".into(),
+        }],
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("broken"), "{err}");
+    let err = Masker::new(&MaskConfig {
+        detectors: vec!["nope".into()],
+        custom: vec![],
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert!(
+        Masker::new(&MaskConfig {
+            detectors: vec![],
+            custom: vec![CustomRule {
+                name: "bad name]".into(),
+                regex: "x".into(),
+            }],
+        })
+        .is_err()
+    );
+}
+
+#[test]
+fn empty_matching_custom_regex_does_not_loop() {
+    let m = Masker::new(&MaskConfig {
+        detectors: vec![],
+        custom: vec![CustomRule {
+            name: "maybe".into(),
+            regex: "x*".into(),
+        }],
+    })
+    .unwrap();
+    assert_eq!(m.mask_str("abxxc"), "ab[MASKED:maybe]c");
+}
+
+#[test]
+fn literal_prefixes() {
+    assert_eq!(literal_prefix("ACME-[0-9]+").as_deref(), Some("acme-"));
+    assert_eq!(
+        literal_prefix(r"(?i)tok\.en=\w+").as_deref(),
+        Some("tok.en=")
+    );
+    assert_eq!(literal_prefix("abcd?e").as_deref(), Some("abc"));
+    assert_eq!(literal_prefix("ab[0-9]"), None);
+    assert_eq!(literal_prefix("abc|def"), None);
+}
+
+#[test]
+fn debug_never_shows_pending_bytes() {
+    let m = masker();
+    let mut s = m.stream();
+    let _ = s.push(b"token=supersecretvalue");
+    let dbg = format!("{s:?}");
+    assert!(!dbg.contains("supersecret"), "{dbg}");
+}
+
+fn secret_strategy() -> impl Strategy<Value = String> {
+    let all: Vec<String> = samples().into_iter().map(|(_, t, _)| t).collect();
+    proptest::sample::select(all)
+}
+
+fn noise_strategy() -> impl Strategy<Value = Vec<u8>> {
+    let alphabet: Vec<u8> = b"abcdeghkoprstxyzAEIKJ0123456789 \n\r\t=:-_./@\"'\xff\xc3".to_vec();
+    prop_oneof![
+        proptest::collection::vec(proptest::sample::select(alphabet), 0..40),
+        proptest::sample::select(vec![
+            b"gh".to_vec(),
+            b"ghp_".to_vec(),
+            b"token".to_vec(),
+            b"password: ".to_vec(),
+            b"eyJ".to_vec(),
+            b"-----BEGIN".to_vec(),
+            b"-----END".to_vec(),
+            b"https://".to_vec(),
+            b"AKIA".to_vec(),
+            b"\x1b[0m".to_vec(),
+        ]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_chunking_equals_whole_text(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                noise_strategy(),
+                secret_strategy().prop_map(|s| format!(" {s} ").into_bytes()),
+            ],
+            0..12,
+        ),
+        cuts in proptest::collection::vec(1usize..64, 1..200),
+    ) {
+        let text: Vec<u8> = parts.concat();
+        let m = masker();
+        let whole = m.mask(&text);
+        let mut s = m.stream();
+        let mut out = Masked::default();
+        let mut rest: &[u8] = &text;
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = cuts.get(i % cuts.len()).copied().unwrap_or(1).min(rest.len());
+            let (a, b) = rest.split_at(n);
+            out.extend(s.push(a));
+            rest = b;
+            i += 1;
+        }
+        out.extend(s.flush());
+        prop_assert_eq!(&out.bytes, &whole.bytes);
+        prop_assert_eq!(&out.hits, &whole.hits);
+    }
+
+    #[test]
+    fn embedded_secrets_never_leak(
+        noise in proptest::collection::vec(noise_strategy(), 1..6),
+        idx in 0usize..64,
+    ) {
+        let s = samples();
+        let (det, text, secret) = s.get(idx % s.len()).cloned().unwrap();
+        let mut input = noise.concat();
+        input.extend_from_slice(b" \n");
+        input.extend_from_slice(text.as_bytes());
+        input.extend_from_slice(b" \n");
+        input.extend(noise.concat());
+        let out = masker().mask(&input).bytes;
+        prop_assert!(
+            !out.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{} leaked in {:?}", det, String::from_utf8_lossy(&out)
+        );
+    }
+}
+
+#[test]
+fn types_are_send_and_sync_where_sessions_need_it() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<Masker>();
+    sync::<Masker>();
+    send::<StreamMasker>();
+    send::<crate::guard::line::LineTracker>();
+}
+
+#[test]
+fn a_megabyte_of_random_bytes_survives() {
+    let mut x: u32 = 12345;
+    let data: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    let m = masker();
+    let whole = m.mask(&data);
+    let mut s = m.stream();
+    let mut out = Vec::new();
+    for c in data.chunks(4093) {
+        out.extend(s.push(c).bytes);
+    }
+    out.extend(s.flush().bytes);
+    assert_eq!(out, whole.bytes);
+}
