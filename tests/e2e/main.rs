@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod approvals;
+mod bastion_login;
 mod policy;
 #[path = "../support/mod.rs"]
 mod support;

@@ -173,6 +173,45 @@ impl Idp {
     }
 }
 
+impl Idp {
+    /// The same issuers as [`Idp::issuers`], as `[[issuers]]` tables for a
+    /// `sallyport serve` config file.
+    pub fn issuers_toml(&self, dir: &Path) -> String {
+        let mut out = String::new();
+        for i in self.issuers(dir) {
+            let q = |s: &str| serde_json::Value::from(s).to_string();
+            let list = |v: &[String]| {
+                format!(
+                    "[{}]",
+                    v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+                )
+            };
+            out.push_str("\n[[issuers]]\n");
+            out.push_str(&format!("alias = {}\nurl = {}\n", q(&i.alias), q(&i.url)));
+            let kind = match i.kind {
+                IssuerKind::Oidc => "oidc",
+                IssuerKind::Kubernetes => "kubernetes",
+            };
+            out.push_str(&format!(
+                "kind = {}\naudience = {}\n",
+                q(kind),
+                list(&i.audience)
+            ));
+            if let Some(c) = &i.client_id {
+                out.push_str(&format!(
+                    "client_id = {}\nscopes = {}\n",
+                    q(c),
+                    list(&i.scopes)
+                ));
+            }
+            if let Some(t) = &i.token_file {
+                out.push_str(&format!("token_file = {}\n", q(&t.display().to_string())));
+            }
+        }
+        out
+    }
+}
+
 /// The API served in-process, plus a config file for CLI commands on the
 /// same data dir.
 pub struct Api {
