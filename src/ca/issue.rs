@@ -271,12 +271,22 @@ impl CertIssuer {
     }
 }
 
-/// When the host certificate should be renewed: two thirds into its life.
+/// When the host certificate should be renewed: two thirds into its life
+/// (see [`super::keys::host_cert_renew_at`]).
 pub fn host_cert_renew_at(keys: &CaKeys) -> u64 {
-    let c = &keys.host_cert;
-    let life = c.valid_before().saturating_sub(c.valid_after());
-    c.valid_after().saturating_add(life / 3 * 2)
+    super::keys::host_cert_renew_at(&keys.host_cert)
 }
+
+/// How long the renewal task sleeps before it looks again at `keys` at time
+/// `now`: until the renewal point, at least [`MIN_RENEW_WAIT`] so a host
+/// certificate that cannot be made fresh (validity shorter than a second,
+/// a clock far off) never turns the task into a busy loop.
+pub fn host_cert_renew_wait(keys: &CaKeys, now: u64) -> Duration {
+    Duration::from_secs(host_cert_renew_at(keys).saturating_sub(now)).max(MIN_RENEW_WAIT)
+}
+
+/// Shortest sleep of the host-certificate renewal task.
+pub const MIN_RENEW_WAIT: Duration = Duration::from_secs(1);
 
 /// Keep the bastion's host certificate fresh: sleep until two thirds of its
 /// life passed, re-sign it (through [`CaKeys::load_or_create`], which writes
@@ -293,10 +303,10 @@ pub async fn renew_host_cert(
 ) {
     tokio::pin!(shutdown);
     loop {
-        let wait = host_cert_renew_at(&current).saturating_sub(unix_now());
+        let wait = host_cert_renew_wait(&current, unix_now());
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tokio::time::sleep(Duration::from_secs(wait.max(1))) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         match CaKeys::load_or_create(&dir, validity, &host_names) {
             Ok(k) if k.host_cert.serial() != current.host_cert.serial() => {
@@ -568,8 +578,8 @@ grant = { principals = ["{email_local}"] }
     async fn host_cert_renewed_by_the_task() {
         let dir = tempfile::tempdir().unwrap();
         let k = dir.path().join("k");
-        // A 1-second validity is past two thirds of its life at once (the
-        // certificate is back-dated 5 minutes for skew): the task re-signs.
+        // A 1-second validity is two thirds through its life within a
+        // second of signing: the task re-signs.
         let first = CaKeys::load_or_create(&k, Duration::from_secs(1), &[]).unwrap();
         let first_serial = first.host_cert.serial();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -606,5 +616,42 @@ grant = { principals = ["{email_local}"] }
         let at = host_cert_renew_at(iss.keys());
         let c = &iss.keys().host_cert;
         assert!(at > c.valid_after() && at < c.valid_before());
+    }
+
+    /// CaKeys whose host certificate is valid for `validity` from now
+    /// (back-dated as sign_host does).
+    fn keys_valid_for(validity: Duration) -> (tempfile::TempDir, CaKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let k = CaKeys::load_or_create(&dir.path().join("k"), validity, &[]).unwrap();
+        (dir, k)
+    }
+
+    #[test]
+    fn host_cert_renewal_decision() {
+        // 30 days: renewed 20 days after signing, not 20 days minus the
+        // 5-minute back-dating, and waits that long.
+        let (_d, k) = keys_valid_for(Duration::from_secs(30 * 86400));
+        let signed = k.host_cert.valid_after() + crate::ca::sign::HOST_CERT_BACKDATE_SECS;
+        assert_eq!(host_cert_renew_at(&k), signed + 20 * 86400);
+        assert_eq!(
+            host_cert_renew_wait(&k, signed),
+            Duration::from_secs(20 * 86400)
+        );
+        assert_eq!(
+            host_cert_renew_wait(&k, signed + 20 * 86400 - 5),
+            Duration::from_secs(5)
+        );
+        // Due or overdue (even expired): look again after the minimum wait.
+        for now in [signed + 20 * 86400, signed + 40 * 86400] {
+            assert_eq!(host_cert_renew_wait(&k, now), MIN_RENEW_WAIT);
+        }
+        // A short validity is not "due" at once because of the back-dating:
+        // 9 minutes -> renewed 6 minutes after signing.
+        let (_d, k) = keys_valid_for(Duration::from_secs(9 * 60));
+        let signed = k.host_cert.valid_after() + crate::ca::sign::HOST_CERT_BACKDATE_SECS;
+        assert_eq!(host_cert_renew_at(&k), signed + 6 * 60);
+        // And load_or_create agrees: a fresh certificate is kept, not re-signed.
+        let again = CaKeys::load_or_create(&k.dir, Duration::from_secs(9 * 60), &[]).unwrap();
+        assert_eq!(again.host_cert.serial(), k.host_cert.serial());
     }
 }

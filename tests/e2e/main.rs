@@ -13,6 +13,7 @@ mod support;
 mod auth;
 mod core;
 mod deploy;
+mod hostcert;
 mod krl;
 mod kubeapi;
 mod login;
