@@ -14,7 +14,31 @@ use sallyport::ca::CaKeys;
 use sallyport::ca::issue::{CertIssuer, IssueRequest};
 use sallyport::identity::oidc::VerifiedToken;
 use sallyport::identity::{Identity, Kind};
-use sallyport::policy::PolicyHandle;
+use sallyport::policy::{Policy, PolicyHandle};
+
+/// The policy issuance runs under (docs/policy.md format): the corp IdP's
+/// people get their subject as principal, with the `sre` group's grants on
+/// top — two matching roles, as a real deployment would evaluate.
+const POLICY: &str = r#"
+[[role]]
+name = "corp-people"
+[role.match]
+issuer = ["corp"]
+kind = "human"
+[role.grant]
+principals = ["{subject}"]
+pty = true
+
+[[role]]
+name = "sre"
+[role.match]
+issuer = ["corp"]
+groups = ["sre"]
+[role.grant]
+principals = ["{email_local}"]
+cert_ttl = "30m"
+port_forwarding = true
+"#;
 
 fn main() {
     let n: usize = std::env::var("ISSUE_BENCH_N")
@@ -25,7 +49,8 @@ fn main() {
     let keys =
         CaKeys::load_or_create(&dir.path().join("keys"), Duration::from_secs(3600), &[]).unwrap();
     let store = Store::open(&dir.path().join("audit.db")).unwrap();
-    let issuer = CertIssuer::new(Arc::new(keys), store.clone(), PolicyHandle::default());
+    let policy = PolicyHandle::new(Policy::from_toml("bench.toml", POLICY).unwrap());
+    let issuer = CertIssuer::new(Arc::new(keys), store.clone(), policy);
     let pubkey = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
         .unwrap()
         .public_key()

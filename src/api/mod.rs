@@ -71,6 +71,8 @@ pub struct State {
     pub issuer: CertIssuer,
     /// SSH address of the bastion, told to `sallyport login` for ssh_config.
     pub ssh_listen: Option<SocketAddr>,
+    /// `[kube] api_target`, told to `sallyport login` for the kubeconfig.
+    pub kube_api_target: Option<String>,
     by_ip: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     by_subject: Arc<DefaultKeyedRateLimiter<String>>,
 }
@@ -100,9 +102,16 @@ impl State {
             verifier,
             issuer,
             ssh_listen,
+            kube_api_target: None,
             by_ip: Arc::new(RateLimiter::keyed(quota(limits.per_ip_per_minute))),
             by_subject: Arc::new(RateLimiter::keyed(quota(limits.per_subject_per_minute))),
         }
+    }
+
+    /// Tell `sallyport login` the Kubernetes API proxy's target name.
+    pub fn with_kube_api_target(mut self, target: impl Into<String>) -> Self {
+        self.kube_api_target = Some(target.into());
+        self
     }
 }
 
@@ -190,6 +199,9 @@ pub struct LoginConfig {
     pub issuers: Vec<LoginIssuer>,
     /// SSH port of the bastion.
     pub ssh_port: Option<u16>,
+    /// Target name of the Kubernetes API proxy (`ssh -L 6443:<this>:443`).
+    #[serde(default)]
+    pub kube_api_target: Option<String>,
     pub known_hosts: String,
     pub user_ca: String,
 }
@@ -424,6 +436,7 @@ async fn login_config(AxState(state): AxState<State>) -> Response {
     axum::Json(LoginConfig {
         issuers,
         ssh_port: state.ssh_listen.map(|a| a.port()),
+        kube_api_target: state.kube_api_target.clone(),
         known_hosts: keys.known_hosts_line("*").unwrap_or_default(),
         user_ca: keys.user_ca_line().unwrap_or_default(),
     })
@@ -548,7 +561,8 @@ pub async fn start(
     };
     let verifier = Verifier::new(&cfg.issuers).map_err(|e| Error::Issuers(e.to_string()))?;
     let issuer = CertIssuer::new(keys, store, policy);
-    let state = State::new(verifier, issuer, Some(cfg.ssh.listen), Limits::default());
+    let state = State::new(verifier, issuer, Some(cfg.ssh.listen), Limits::default())
+        .with_kube_api_target(cfg.kube.api_target.clone());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = match &cfg.api.tls {

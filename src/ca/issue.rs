@@ -271,12 +271,22 @@ impl CertIssuer {
     }
 }
 
-/// When the host certificate should be renewed: two thirds into its life.
+/// When the host certificate should be renewed: two thirds into its life
+/// (see [`super::keys::host_cert_renew_at`]).
 pub fn host_cert_renew_at(keys: &CaKeys) -> u64 {
-    let c = &keys.host_cert;
-    let life = c.valid_before().saturating_sub(c.valid_after());
-    c.valid_after().saturating_add(life / 3 * 2)
+    super::keys::host_cert_renew_at(&keys.host_cert)
 }
+
+/// How long the renewal task sleeps before it looks again at `keys` at time
+/// `now`: until the renewal point, at least [`MIN_RENEW_WAIT`] so a host
+/// certificate that cannot be made fresh (validity shorter than a second,
+/// a clock far off) never turns the task into a busy loop.
+pub fn host_cert_renew_wait(keys: &CaKeys, now: u64) -> Duration {
+    Duration::from_secs(host_cert_renew_at(keys).saturating_sub(now)).max(MIN_RENEW_WAIT)
+}
+
+/// Shortest sleep of the host-certificate renewal task.
+pub const MIN_RENEW_WAIT: Duration = Duration::from_secs(1);
 
 /// Keep the bastion's host certificate fresh: sleep until two thirds of its
 /// life passed, re-sign it (through [`CaKeys::load_or_create`], which writes
@@ -293,10 +303,10 @@ pub async fn renew_host_cert(
 ) {
     tokio::pin!(shutdown);
     loop {
-        let wait = host_cert_renew_at(&current).saturating_sub(unix_now());
+        let wait = host_cert_renew_wait(&current, unix_now());
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tokio::time::sleep(Duration::from_secs(wait.max(1))) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         match CaKeys::load_or_create(&dir, validity, &host_names) {
             Ok(k) if k.host_cert.serial() != current.host_cert.serial() => {
@@ -325,15 +335,54 @@ mod tests {
     use crate::identity::{Identity, Kind};
     use russh::keys::ssh_key::{Certificate, PrivateKey};
 
-    fn issuer() -> (tempfile::TempDir, CertIssuer) {
+    /// Policy for the unit tests (docs/policy.md format): people of the
+    /// `corp` issuer whose subject starts with a letter get their subject as
+    /// principal and the default TTL; `contractors` get 5 minutes; agents may
+    /// act on behalf of someone. Nothing matches subjects like `@@@`.
+    const POLICY: &str = r#"
+[[role]]
+name = "corp-people"
+[role.match]
+issuer = ["corp"]
+kind = "human"
+subject = ["[a-z]*"]
+[role.grant]
+principals = ["{subject}"]
+pty = true
+
+[[role]]
+name = "contractors"
+[role.match]
+issuer = ["corp"]
+groups = ["contractors"]
+[role.grant]
+principals = ["{subject}"]
+cert_ttl = "5m"
+
+[[role]]
+name = "corp-agents"
+[role.match]
+issuer = ["corp"]
+kind = "agent"
+[role.grant]
+principals = ["{subject}"]
+on_behalf_of = true
+"#;
+
+    fn issuer_with(policy: &str) -> (tempfile::TempDir, CertIssuer) {
         let dir = tempfile::tempdir().unwrap();
         let keys =
             CaKeys::load_or_create(&dir.path().join("k"), Duration::from_secs(3600), &[]).unwrap();
         let store = Store::in_memory().unwrap();
+        let policy = crate::policy::Policy::from_toml("issue-test.toml", policy).unwrap();
         (
             dir,
-            CertIssuer::new(Arc::new(keys), store, PolicyHandle::default()),
+            CertIssuer::new(Arc::new(keys), store, PolicyHandle::new(policy)),
         )
+    }
+
+    fn issuer() -> (tempfile::TempDir, CertIssuer) {
+        issuer_with(POLICY)
     }
 
     fn token(sub: &str, kind: Kind, exp_in: i64) -> VerifiedToken {
@@ -395,9 +444,13 @@ mod tests {
             .unwrap();
         let c = Certificate::from_openssh(&i.certificate).unwrap();
         assert_eq!(c.key_id(), "oidc:corp:alice@corp");
-        assert_eq!(c.valid_principals(), ["alicecorp".to_string()]);
+        // The policy engine sanitises `{subject}` into a login name.
+        assert_eq!(c.valid_principals(), ["alice_corp".to_string()]);
+        // No role sets cert_ttl: the 15-minute default for people (+1 min back-dating).
         assert_eq!(c.valid_before() - c.valid_after(), 900 + 60);
         assert!(c.extensions().contains_key("identity@sallyport"));
+        assert!(c.extensions().contains_key("permit-pty"));
+        assert!(!c.extensions().contains_key("permit-port-forwarding"));
         let l = iss.store().list_certificates(10).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].serial, i.serial);
@@ -412,8 +465,14 @@ mod tests {
         let exp = t.exp as u64;
         let i = iss.issue(&req(t)).unwrap();
         assert_eq!(i.valid_before, exp);
+        // No role sets cert_ttl for agents: their 10-minute default.
         let i = iss.issue(&req(token("bot", Kind::Agent, 3600))).unwrap();
         assert_eq!(i.valid_before - i.valid_after, 600 + 60);
+        // A role's cert_ttl caps a long-lived token (roles without one do not lift it).
+        let mut t = token("carl", Kind::Human, 86400);
+        t.identity.groups = vec!["contractors".into()];
+        let i = iss.issue(&req(t)).unwrap();
+        assert_eq!(i.valid_before - i.valid_after, 300 + 60);
         assert_eq!(
             iss.issue(&req(token("alice", Kind::Human, -5)))
                 .unwrap_err()
@@ -438,14 +497,36 @@ mod tests {
     }
 
     #[test]
+    fn ttl_capped_by_token_even_when_policy_allows_longer() {
+        let (_d, iss) = issuer_with(
+            r#"
+[[role]]
+name = "long"
+match = { issuer = "corp" }
+grant = { principals = ["{subject}"], cert_ttl = "2h" }
+"#,
+        );
+        let i = iss.issue(&req(token("alice", Kind::Human, 86400))).unwrap();
+        assert_eq!(i.valid_before - i.valid_after, 7200 + 60);
+        let t = token("alice", Kind::Human, 1800);
+        let exp = t.exp as u64;
+        assert_eq!(iss.issue(&req(t)).unwrap().valid_before, exp);
+    }
+
+    #[test]
     fn policy_denial_and_principal_choice() {
         let (_d, iss) = issuer();
-        assert_eq!(
-            iss.issue(&req(token("@@@", Kind::Human, 3600)))
-                .unwrap_err()
-                .code(),
-            "policy_denied"
-        );
+        // No role matches: refused with the engine's reason, nothing recorded.
+        let e = iss
+            .issue(&req(token("@@@", Kind::Human, 3600)))
+            .unwrap_err();
+        assert_eq!(e.code(), "policy_denied");
+        assert_eq!(e.status(), 403);
+        assert!(e.to_string().contains("no role matched"), "{e}");
+        let mut other = token("alice", Kind::Human, 3600);
+        other.identity.issuer = "elsewhere".into();
+        assert_eq!(iss.issue(&req(other)).unwrap_err().code(), "policy_denied");
+        assert!(iss.store().list_certificates(10).unwrap().is_empty());
         let mut r = req(token("alice", Kind::Human, 3600));
         r.principal = Some("root".into());
         assert_eq!(iss.issue(&r).unwrap_err().code(), "principal_not_allowed");
@@ -453,12 +534,52 @@ mod tests {
         assert_eq!(iss.issue(&r).unwrap().principals, vec!["alice".to_string()]);
     }
 
+    #[test]
+    fn default_policy_and_missing_principal_deny() {
+        // The shipped default policy grants only operator (`local`) identities.
+        let dir = tempfile::tempdir().unwrap();
+        let keys =
+            CaKeys::load_or_create(&dir.path().join("k"), Duration::from_secs(3600), &[]).unwrap();
+        let iss = CertIssuer::new(
+            Arc::new(keys),
+            Store::in_memory().unwrap(),
+            PolicyHandle::default(),
+        );
+        assert_eq!(
+            iss.issue(&req(token("alice", Kind::Human, 3600)))
+                .unwrap_err()
+                .code(),
+            "policy_denied"
+        );
+        // A role whose principal template has no value for this identity
+        // (no email): never a certificate without principals.
+        let (_d, iss) = issuer_with(
+            r#"
+[[role]]
+name = "by-email"
+match = { issuer = "corp" }
+grant = { principals = ["{email_local}"] }
+"#,
+        );
+        let e = iss
+            .issue(&req(token("alice", Kind::Human, 3600)))
+            .unwrap_err();
+        assert_eq!(e.code(), "policy_denied");
+        assert!(e.to_string().contains("no login principal"), "{e}");
+        let mut t = token("alice", Kind::Human, 3600);
+        t.identity.email = Some("Alice.B@example.com".into());
+        assert_eq!(
+            iss.issue(&req(t)).unwrap().principals,
+            vec!["alice.b".to_string()]
+        );
+    }
+
     #[tokio::test]
     async fn host_cert_renewed_by_the_task() {
         let dir = tempfile::tempdir().unwrap();
         let k = dir.path().join("k");
-        // A 1-second validity is past two thirds of its life at once (the
-        // certificate is back-dated 5 minutes for skew): the task re-signs.
+        // A 1-second validity is two thirds through its life within a
+        // second of signing: the task re-signs.
         let first = CaKeys::load_or_create(&k, Duration::from_secs(1), &[]).unwrap();
         let first_serial = first.host_cert.serial();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -495,5 +616,42 @@ mod tests {
         let at = host_cert_renew_at(iss.keys());
         let c = &iss.keys().host_cert;
         assert!(at > c.valid_after() && at < c.valid_before());
+    }
+
+    /// CaKeys whose host certificate is valid for `validity` from now
+    /// (back-dated as sign_host does).
+    fn keys_valid_for(validity: Duration) -> (tempfile::TempDir, CaKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let k = CaKeys::load_or_create(&dir.path().join("k"), validity, &[]).unwrap();
+        (dir, k)
+    }
+
+    #[test]
+    fn host_cert_renewal_decision() {
+        // 30 days: renewed 20 days after signing, not 20 days minus the
+        // 5-minute back-dating, and waits that long.
+        let (_d, k) = keys_valid_for(Duration::from_secs(30 * 86400));
+        let signed = k.host_cert.valid_after() + crate::ca::sign::HOST_CERT_BACKDATE_SECS;
+        assert_eq!(host_cert_renew_at(&k), signed + 20 * 86400);
+        assert_eq!(
+            host_cert_renew_wait(&k, signed),
+            Duration::from_secs(20 * 86400)
+        );
+        assert_eq!(
+            host_cert_renew_wait(&k, signed + 20 * 86400 - 5),
+            Duration::from_secs(5)
+        );
+        // Due or overdue (even expired): look again after the minimum wait.
+        for now in [signed + 20 * 86400, signed + 40 * 86400] {
+            assert_eq!(host_cert_renew_wait(&k, now), MIN_RENEW_WAIT);
+        }
+        // A short validity is not "due" at once because of the back-dating:
+        // 9 minutes -> renewed 6 minutes after signing.
+        let (_d, k) = keys_valid_for(Duration::from_secs(9 * 60));
+        let signed = k.host_cert.valid_after() + crate::ca::sign::HOST_CERT_BACKDATE_SECS;
+        assert_eq!(host_cert_renew_at(&k), signed + 6 * 60);
+        // And load_or_create agrees: a fresh certificate is kept, not re-signed.
+        let again = CaKeys::load_or_create(&k.dir, Duration::from_secs(9 * 60), &[]).unwrap();
+        assert_eq!(again.host_cert.serial(), k.host_cert.serial());
     }
 }

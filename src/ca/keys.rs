@@ -140,14 +140,25 @@ pub fn default_host_names(listen: &std::net::SocketAddr) -> Vec<String> {
     names
 }
 
+/// When a host certificate is due for renewal: two thirds into its life as
+/// signed, i.e. counted from its signing time, not from the back-dated
+/// `valid_after` ([`sign::HOST_CERT_BACKDATE_SECS`]) — otherwise a short
+/// validity would be "due" the moment it was signed. The server's renewal
+/// task and [`CaKeys::load_or_create`] both decide with this.
+pub fn host_cert_renew_at(c: &Certificate) -> u64 {
+    let signed = c
+        .valid_after()
+        .saturating_add(sign::HOST_CERT_BACKDATE_SECS)
+        .min(c.valid_before());
+    let life = c.valid_before().saturating_sub(signed);
+    signed.saturating_add(life / 3 * 2)
+}
+
 fn host_cert_fresh(c: &Certificate, host_ca: &PrivateKey, host_key: &PrivateKey) -> bool {
-    let now = unix_now();
-    let life = c.valid_before().saturating_sub(c.valid_after());
-    let renew_at = c.valid_after().saturating_add(life / 3 * 2);
     c.signature_key() == host_ca.public_key().key_data()
         && c.public_key() == host_key.public_key().key_data()
         && c.verify_signature().is_ok()
-        && now < renew_at
+        && unix_now() < host_cert_renew_at(c)
 }
 
 /// Seconds since the Unix epoch.

@@ -125,6 +125,10 @@ pub fn sign_user(ca: &PrivateKey, req: &UserCertRequest) -> Result<Certificate, 
     Ok(b.sign(ca)?)
 }
 
+/// How far a host certificate's `valid_after` is back-dated, so clients
+/// whose clock runs a little behind still accept it.
+pub const HOST_CERT_BACKDATE_SECS: u64 = 300;
+
 /// Sign the bastion's host certificate.
 pub fn sign_host(
     ca: &PrivateKey,
@@ -136,7 +140,7 @@ pub fn sign_host(
     let mut b = Builder::new(
         nonce(),
         host_key.key_data().clone(),
-        now.saturating_sub(300),
+        now.saturating_sub(HOST_CERT_BACKDATE_SECS),
         now.saturating_add(validity.as_secs()),
     )?;
     b.serial(random_serial())?;

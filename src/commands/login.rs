@@ -3,8 +3,10 @@
 //! or a token file (a projected service-account token) for pods — and write
 //! what `ssh` needs: an Ed25519 key (created once), the certificate, a
 //! known_hosts file trusting the bastion's host CA, and an ssh_config block so
-//! `ssh -F <out>/ssh_config bastion` just works. `--renew` re-issues only when
-//! two thirds of the certificate's life passed; `--watch` keeps doing that.
+//! `ssh -F <out>/ssh_config bastion` just works, plus a kubeconfig for the
+//! bastion's Kubernetes API proxy and the one `ssh -L` command that opens it.
+//! `--renew` re-issues only when two thirds of the certificate's life passed;
+//! `--watch` keeps doing that.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -48,6 +50,9 @@ pub struct Args {
     /// Only get a new certificate when the current one is missing or past two thirds of its life.
     #[arg(long)]
     pub renew: bool,
+    /// Local port of the Kubernetes API forward the written kubeconfig points at.
+    #[arg(long, value_name = "PORT", default_value_t = 6443)]
+    pub kube_port: u16,
     /// Keep running, renewing before expiry (for long-running agents; needs --token-file).
     #[arg(long)]
     pub watch: bool,
@@ -62,6 +67,7 @@ struct Paths {
     cert: PathBuf,
     known_hosts: PathBuf,
     ssh_config: PathBuf,
+    kubeconfig: PathBuf,
 }
 
 impl Paths {
@@ -71,6 +77,7 @@ impl Paths {
             cert: dir.join("id_ed25519-cert.pub"),
             known_hosts: dir.join("known_hosts"),
             ssh_config: dir.join("ssh_config"),
+            kubeconfig: dir.join("kubeconfig"),
         }
     }
 }
@@ -220,6 +227,7 @@ async fn login_once(
         .unwrap_or_else(|| "sallyport".into());
     let config = ssh_config(&host, port, &user, paths);
     write_file(&paths.ssh_config, config.as_bytes(), 0o644)?;
+    let kube_forward = write_kubeconfig(&cfg, &issued, a.kube_port, paths)?;
 
     if a.json {
         println!(
@@ -229,6 +237,8 @@ async fn login_once(
                 "identity_file": paths.key,
                 "known_hosts": paths.known_hosts,
                 "ssh_config": paths.ssh_config,
+                "kubeconfig": paths.kubeconfig,
+                "kube_forward": kube_forward,
                 "serial": issued.serial,
                 "key_id": issued.key_id,
                 "principals": issued.principals,
@@ -254,10 +264,58 @@ async fn login_once(
             "connect with: ssh -F {} bastion",
             paths.ssh_config.display()
         );
+        eprintln!(
+            "Kubernetes API: start `{kube_forward}`, then use --kubeconfig {} (or KUBECONFIG)",
+            paths.kubeconfig.display()
+        );
     }
     Ok(())
 }
 
+/// Write `<out>/kubeconfig` for the bastion's Kubernetes API proxy (no
+/// credentials in it: the bastion authenticates upstream and impersonates the
+/// certificate's identity) and return the `ssh -L` command that opens the
+/// forward it expects. An agent's certificate names its namespace, which
+/// becomes the context's default.
+fn write_kubeconfig(
+    cfg: &LoginConfig,
+    issued: &CertificateResponse,
+    local_port: u16,
+    paths: &Paths,
+) -> anyhow::Result<String> {
+    use crate::tunnel::kubeapi::kubeconfig::kubeconfig;
+    let namespace = Certificate::from_openssh(&issued.certificate)
+        .ok()
+        .and_then(|c| {
+            let ext = c.extensions().get(crate::identity::CERT_EXTENSION)?;
+            serde_json::from_str::<crate::identity::Identity>(ext).ok()
+        })
+        .and_then(|id| id.kube)
+        .map(|k| k.namespace);
+    write_file(
+        &paths.kubeconfig,
+        kubeconfig(local_port, namespace.as_deref()).as_bytes(),
+        0o600,
+    )?;
+    let target = cfg.kube_api_target.as_deref().unwrap_or("kubernetes");
+    let ssh_config = paths.ssh_config.display().to_string();
+    Ok(kube_forward_command(&ssh_config, local_port, target))
+}
+
+/// `ssh -F <config> -N -L <port>:<target>:443 bastion`; a target pinned to
+/// another port (`[kube] api_target = "kubernetes:6443"`) keeps its port.
+fn kube_forward_command(ssh_config: &str, local_port: u16, target: &str) -> String {
+    use crate::tunnel::kubeapi::kubeconfig::ssh_forward_command;
+    match target.rsplit_once(':') {
+        Some((host, port)) if port != "443" && port.parse::<u16>().is_ok() => format!(
+            "ssh -F {} -N -L {local_port}:{}:{port} bastion",
+            shell_words::quote(ssh_config),
+            shell_words::quote(host)
+        ),
+        Some((host, "443")) => ssh_forward_command(Some(ssh_config), "bastion", local_port, host),
+        _ => ssh_forward_command(Some(ssh_config), "bastion", local_port, target),
+    }
+}
 fn ssh_config(host: &str, port: u16, user: &str, p: &Paths) -> String {
     format!(
         "# Written by `sallyport login`; include it from ~/.ssh/config with\n\
@@ -439,4 +497,25 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.sync_all().ok();
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_forward_command_keeps_a_pinned_port() {
+        assert_eq!(
+            kube_forward_command("/o/ssh_config", 6443, "kubernetes"),
+            "ssh -F /o/ssh_config -N -L 6443:kubernetes:443 bastion"
+        );
+        assert_eq!(
+            kube_forward_command("/o/ssh_config", 7000, "kubernetes:443"),
+            "ssh -F /o/ssh_config -N -L 7000:kubernetes:443 bastion"
+        );
+        assert_eq!(
+            kube_forward_command("/a b/ssh_config", 6443, "k8s-api:6443"),
+            "ssh -F '/a b/ssh_config' -N -L 6443:k8s-api:6443 bastion"
+        );
+    }
 }

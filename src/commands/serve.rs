@@ -80,6 +80,20 @@ pub async fn run(g: &Global, _args: Args) -> anyhow::Result<ExitCode> {
             shared.breakglass.len()
         );
     }
+    // Keep the host certificate fresh while running: the renewal task
+    // re-signs it two thirds into its life and new connections present the
+    // new one (clients trust the host CA, so nothing changes for them).
+    let renewer = {
+        let s = Arc::clone(&shared);
+        tokio::spawn(crate::ca::issue::renew_host_cert(
+            shared.keys.dir.clone(),
+            shared.config.ssh.host_cert_validity,
+            crate::ca::keys::default_host_names(&listen),
+            shared.keys.clone(),
+            move |k| s.set_host_cert(k.host_cert),
+            shutdown.clone().cancelled_owned(),
+        ))
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (ssh.listen)"))?;
@@ -100,6 +114,7 @@ pub async fn run(g: &Global, _args: Args) -> anyhow::Result<ExitCode> {
     if let Some((_, task)) = api {
         let _ = task.await;
     }
+    let _ = renewer.await;
     tracing::info!("shutdown complete");
     Ok(ExitCode::SUCCESS)
 }

@@ -17,8 +17,13 @@ use super::{
 /// Reason given when no role matches the identity at all.
 pub const NO_ROLE: &str = "no role matched (default deny)";
 
-/// Certificate lifetime when no matching role sets `cert_ttl`.
+/// Certificate lifetime for people when no matching role sets `cert_ttl`.
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Certificate lifetime for agents when no matching role sets `cert_ttl`:
+/// shorter than for people (issue 3), since a pod can renew without anyone
+/// noticing and its token is the easier one to steal.
+pub const DEFAULT_AGENT_CERT_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// Approval wait when no matching role sets `approval_timeout`.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -383,7 +388,10 @@ pub fn issue(p: &Policy, id: &Identity) -> Result<IssueGrant, Decision> {
         .iter()
         .filter_map(|r| r.grant.cert_ttl)
         .max()
-        .unwrap_or(DEFAULT_CERT_TTL);
+        .unwrap_or(match id.kind {
+            Kind::Agent => DEFAULT_AGENT_CERT_TTL,
+            Kind::Human => DEFAULT_CERT_TTL,
+        });
     Ok(IssueGrant {
         principals,
         ttl,

@@ -79,7 +79,6 @@ struct PreAuth {
 /// Run the accept loop until shutdown, then wait for every connection.
 pub async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), Error> {
     let cfg = &shared.config.ssh;
-    let russh_config = Arc::new(shared.russh_config());
     let unauth = Arc::new(Semaphore::new(cfg.max_unauthenticated as usize));
     let per_source = PerSource::default();
     let rate = NonZeroU32::new(cfg.per_source_per_minute).unwrap_or(NonZeroU32::MIN);
@@ -121,7 +120,9 @@ pub async fn run(shared: Arc<Shared>, listener: TcpListener) -> Result<(), Error
         let conn_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!("conn", id = %conn_id, %peer, user = tracing::field::Empty);
         let shared = Arc::clone(&shared);
-        let russh_config = Arc::clone(&russh_config);
+        // Taken per connection: a renewed host certificate applies from the
+        // next accepted connection on.
+        let russh_config = shared.russh_config();
         let done = done_tx.clone();
         tokio::spawn(
             async move {

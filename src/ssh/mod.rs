@@ -14,11 +14,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use globset::GlobSet;
-use russh::keys::ssh_key::PublicKey;
+use russh::keys::ssh_key::{Certificate, PublicKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Store;
@@ -64,6 +64,8 @@ pub struct BreakGlassKey {
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
+    /// CA and host keys as loaded at start. The host certificate in use is
+    /// the one in [`Shared::russh_config`] (renewed while running).
     pub keys: CaKeys,
     pub store: Store,
     pub policy: PolicyHandle,
@@ -77,6 +79,11 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// direct-tcpip forwards (`ssh -L`, `ssh -J`): targets, policy, audit.
     pub forwarder: Arc<crate::tunnel::Forwarder>,
+    /// The russh configuration new connections get, replaced whole when the
+    /// host certificate is renewed ([`Shared::set_host_cert`]); russh's
+    /// `Config` is immutable once handed to a connection, so each accepted
+    /// connection takes the one current at that moment.
+    live: RwLock<Arc<russh::server::Config>>,
 }
 
 impl Shared {
@@ -104,6 +111,11 @@ impl Shared {
             store.clone(),
             Arc::new(approver),
         );
+        let live = RwLock::new(Arc::new(build_russh_config(
+            &config,
+            &keys,
+            keys.host_cert.clone(),
+        )));
         Ok(Self {
             config,
             keys,
@@ -115,36 +127,60 @@ impl Shared {
             breakglass,
             shutdown,
             forwarder,
+            live,
         })
     }
 
-    /// The russh server configuration: host key and certificate, publickey
-    /// only, limits from `[ssh]`.
-    pub fn russh_config(&self) -> russh::server::Config {
-        let s = &self.config.ssh;
-        let mut methods = russh::MethodSet::empty();
-        methods.push(russh::MethodKind::PublicKey);
-        russh::server::Config {
-            server_id: russh::SshId::Standard(
-                format!("SSH-2.0-sallyport_{}", env!("CARGO_PKG_VERSION")).into(),
-            ),
-            methods,
-            auth_rejection_time: Duration::from_millis(300),
-            // OpenSSH probes with "none" first; no need to make that slow.
-            auth_rejection_time_initial: Some(Duration::ZERO),
-            keys: vec![self.keys.host_key.clone()],
-            certificates: vec![self.keys.host_cert.clone()],
-            max_auth_attempts: s.max_auth_tries as usize,
-            inactivity_timeout: Some(s.inactivity_timeout),
-            keepalive_interval: Some(s.keepalive_interval),
-            keepalive_max: 3,
-            nodelay: true,
-            preferred: russh::Preferred {
-                cipher: std::borrow::Cow::Borrowed(CIPHERS),
-                ..Default::default()
-            },
-            ..Default::default()
+    /// The russh server configuration for a connection accepted now: host
+    /// key and current host certificate, publickey only, limits from `[ssh]`.
+    pub fn russh_config(&self) -> Arc<russh::server::Config> {
+        match self.live.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// Present `cert` (a renewed host certificate for the same host key) on
+    /// connections accepted from now on; open connections keep theirs.
+    pub fn set_host_cert(&self, cert: Certificate) {
+        let new = Arc::new(build_russh_config(&self.config, &self.keys, cert));
+        match self.live.write() {
+            Ok(mut g) => *g = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
+/// Build the russh server configuration: host key and `host_cert`,
+/// publickey only, limits from `[ssh]`.
+fn build_russh_config(
+    config: &Config,
+    keys: &CaKeys,
+    host_cert: Certificate,
+) -> russh::server::Config {
+    let s = &config.ssh;
+    let mut methods = russh::MethodSet::empty();
+    methods.push(russh::MethodKind::PublicKey);
+    russh::server::Config {
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-sallyport_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods,
+        auth_rejection_time: Duration::from_millis(300),
+        // OpenSSH probes with "none" first; no need to make that slow.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![keys.host_key.clone()],
+        certificates: vec![host_cert],
+        max_auth_attempts: s.max_auth_tries as usize,
+        inactivity_timeout: Some(s.inactivity_timeout),
+        keepalive_interval: Some(s.keepalive_interval),
+        keepalive_max: 3,
+        nodelay: true,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(CIPHERS),
+            ..Default::default()
+        },
+        ..Default::default()
     }
 }
 
@@ -259,6 +295,47 @@ mod tests {
         std::fs::write(&p, "\nno-pty ssh-ed25519 AAAA\n").unwrap();
         let e = load_authorized_keys(&p).unwrap_err().to_string();
         assert!(e.contains(":2:"), "{e}");
+    }
+
+    #[test]
+    fn renewed_host_cert_is_used_by_new_connections_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::load(None, Some(dir.path().to_path_buf())).unwrap();
+        let keys = CaKeys::load_or_create(
+            &dir.path().join("keys"),
+            std::time::Duration::from_secs(3600),
+            &[],
+        )
+        .unwrap();
+        let first = keys.host_cert.clone();
+        let shared = Shared::new(
+            cfg,
+            keys.clone(),
+            Store::in_memory().unwrap(),
+            PolicyHandle::default(),
+            Account::lookup(None).unwrap(),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let before = shared.russh_config();
+        assert_eq!(before.certificates, vec![first.clone()]);
+        let renewed = crate::ca::sign::sign_host(
+            &keys.host_ca,
+            keys.host_key.public_key(),
+            &[],
+            std::time::Duration::from_secs(7200),
+        )
+        .unwrap();
+        shared.set_host_cert(renewed.clone());
+        let after = shared.russh_config();
+        assert_eq!(after.certificates, vec![renewed]);
+        // Same host key; a connection that took the old config keeps it.
+        assert_eq!(after.keys.len(), 1);
+        assert_eq!(
+            after.keys[0].public_key(),
+            shared.keys.host_key.public_key()
+        );
+        assert_eq!(before.certificates, vec![first]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod approvals;
+mod bastion_login;
 mod policy;
 #[path = "../support/mod.rs"]
 mod support;
@@ -14,6 +15,7 @@ mod core;
 mod deploy;
 mod forward;
 mod guard;
+mod hostcert;
 mod krl;
 mod kube_portforward;
 mod kubeapi;

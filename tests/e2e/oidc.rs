@@ -14,10 +14,54 @@ use sallyport::ca::CaKeys;
 use sallyport::ca::issue::CertIssuer;
 use sallyport::config::{IssuerConfig, IssuerKind};
 use sallyport::identity::oidc::Verifier;
-use sallyport::policy::PolicyHandle;
+use sallyport::policy::{Policy, PolicyHandle};
 use serde_json::{Value, json};
 
 use crate::support::{self, Proc};
+
+/// The policy the OIDC tests run under (docs/policy.md format): people of
+/// the test IdP (`corp`) whose subject starts with a letter get their
+/// subject as login principal, shells and exec, pty, the default TTL (15
+/// min); `contractors` are capped at 5 minutes; agents of the test cluster
+/// get their service-account name as principal, exec, and may act on behalf
+/// of a human. Subjects like `@@@` match no role, so they get nothing.
+pub const TEST_POLICY: &str = r#"
+[[role]]
+name = "corp-people"
+description = "people of the test IdP with a login-like subject"
+[role.match]
+issuer = ["corp"]
+kind = "human"
+subject = ["[a-z]*"]
+[role.grant]
+principals = ["{subject}"]
+shell = true
+exec = true
+pty = true
+[role.exec]
+allow = ["*"]
+
+[[role]]
+name = "contractors"
+[role.match]
+issuer = ["corp"]
+groups = ["contractors"]
+[role.grant]
+principals = ["{subject}"]
+cert_ttl = "5m"
+
+[[role]]
+name = "cluster-agents"
+[role.match]
+issuer = ["cluster"]
+kind = "agent"
+[role.grant]
+principals = ["{service_account}"]
+exec = true
+on_behalf_of = true
+[role.exec]
+allow = ["*"]
+"#;
 
 /// The test IdP process.
 pub struct Idp {
@@ -129,6 +173,45 @@ impl Idp {
     }
 }
 
+impl Idp {
+    /// The same issuers as [`Idp::issuers`], as `[[issuers]]` tables for a
+    /// `sallyport serve` config file.
+    pub fn issuers_toml(&self, dir: &Path) -> String {
+        let mut out = String::new();
+        for i in self.issuers(dir) {
+            let q = |s: &str| serde_json::Value::from(s).to_string();
+            let list = |v: &[String]| {
+                format!(
+                    "[{}]",
+                    v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+                )
+            };
+            out.push_str("\n[[issuers]]\n");
+            out.push_str(&format!("alias = {}\nurl = {}\n", q(&i.alias), q(&i.url)));
+            let kind = match i.kind {
+                IssuerKind::Oidc => "oidc",
+                IssuerKind::Kubernetes => "kubernetes",
+            };
+            out.push_str(&format!(
+                "kind = {}\naudience = {}\n",
+                q(kind),
+                list(&i.audience)
+            ));
+            if let Some(c) = &i.client_id {
+                out.push_str(&format!(
+                    "client_id = {}\nscopes = {}\n",
+                    q(c),
+                    list(&i.scopes)
+                ));
+            }
+            if let Some(t) = &i.token_file {
+                out.push_str(&format!("token_file = {}\n", q(&t.display().to_string())));
+            }
+        }
+        out
+    }
+}
+
 /// The API served in-process, plus a config file for CLI commands on the
 /// same data dir.
 pub struct Api {
@@ -156,7 +239,12 @@ impl Api {
     }
 
     pub fn start_with(idp: &Idp, limits: Limits, cooldown: Duration, ssh_port: Option<u16>) -> Api {
-        Self::start_full(idp, limits, cooldown, ssh_port, None)
+        Self::start_full(idp, limits, cooldown, ssh_port, None, TEST_POLICY)
+    }
+
+    /// Serve under another policy text (docs/policy.md format).
+    pub fn start_with_policy(idp: &Idp, policy: &str) -> Api {
+        Self::start_full(idp, Limits::default(), Duration::ZERO, None, None, policy)
     }
 
     /// Serve HTTPS with this PEM certificate and key.
@@ -167,6 +255,7 @@ impl Api {
             Duration::ZERO,
             None,
             Some((cert.to_path_buf(), key.to_path_buf())),
+            TEST_POLICY,
         )
     }
 
@@ -176,6 +265,7 @@ impl Api {
         cooldown: Duration,
         ssh_port: Option<u16>,
         tls: Option<(PathBuf, PathBuf)>,
+        policy: &str,
     ) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -202,7 +292,8 @@ impl Api {
         let verifier = Verifier::new(&issuers)
             .unwrap()
             .with_refetch_cooldown(cooldown);
-        let issuer = CertIssuer::new(keys.clone(), store.clone(), PolicyHandle::default());
+        let policy = Policy::from_toml("oidc-test.toml", policy).unwrap();
+        let issuer = CertIssuer::new(keys.clone(), store.clone(), PolicyHandle::new(policy));
         let ssh = ssh_port.map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)));
         let state = State::new(verifier, issuer, ssh, limits);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -667,13 +758,86 @@ fn cert_fields_identity_extension_and_ttl_cap() {
     assert_eq!(rec[0].source.as_deref(), Some("127.0.0.1"));
     assert!(rec[0].fingerprint.starts_with("SHA256:"));
 
-    // A long-lived token: capped by policy (15 min) instead.
+    // A long-lived token: capped by policy instead (no role sets cert_ttl
+    // for alice: the 15-minute default for people).
     let (_, v) = api.request(
         &idp.mint(json!({"claims": {"exp": now + 86400}})),
         json!({"public_key": key}),
     );
     let life = v["valid_before"].as_i64().unwrap() - now;
     assert!((899..=901).contains(&life), "{v}");
+    // A contractor: the role's `cert_ttl = "5m"` caps the certificate.
+    let (s, v) = api.request(
+        &idp.mint(
+            json!({"claims": {"sub": "carl", "groups": ["contractors"], "exp": now + 86400}}),
+        ),
+        json!({"public_key": key}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let life = v["valid_before"].as_i64().unwrap() - now;
+    assert!((299..=301).contains(&life), "{v}");
+}
+
+#[test]
+fn no_matching_role_or_default_policy_refuses_with_audit_row() {
+    let idp = Idp::start();
+    // The shipped default policy grants only operator-signed identities: an
+    // OIDC user gets a 403 naming the policy reason, audited.
+    let api = Api::start_with_policy(&idp, sallyport::policy::default_policy_text());
+    let dir = tempfile::tempdir().unwrap();
+    let (_k, key) = keypair(dir.path(), "k");
+    let (s, v) = api.request(&idp.mint(json!({})), json!({"public_key": key}));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (403, Some("policy_denied")),
+        "{v}"
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("no role matched"),
+        "{v}"
+    );
+    // A role that matches but yields no principal (no email claim for
+    // {email_local}): refused too, never a certificate valid for every login.
+    let api2 = Api::start_with_policy(
+        &idp,
+        r#"
+[[role]]
+name = "by-email"
+match = { issuer = "corp" }
+grant = { principals = ["{email_local}"] }
+"#,
+    );
+    let (s, v) = api2.request(&idp.mint(json!({})), json!({"public_key": key}));
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (403, Some("policy_denied")),
+        "{v}"
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no login principal"),
+        "{v}"
+    );
+    let (s, v) = api2.request(
+        &idp.mint(json!({"claims": {"email": "Alice.Smith@example.com"}})),
+        json!({"public_key": key}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["principals"], json!(["alice.smith"]));
+    for a in [&api, &api2] {
+        let rows = a.store.list_api_requests(100).unwrap();
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.status == 403 && r.reason.starts_with("policy_denied"))
+                .count(),
+            1,
+            "{rows:#?}"
+        );
+        assert!(rows.iter().all(|r| r.status < 500), "{rows:#?}");
+    }
+    assert!(api.store.list_certificates(10).unwrap().is_empty());
 }
 
 #[test]
@@ -699,6 +863,8 @@ fn kubernetes_service_account_token_and_delegation() {
         v["key_id"],
         "oidc:cluster:system:serviceaccount:dev:copilot"
     );
+    // The agents' role grants `{service_account}` as login principal.
+    assert_eq!(v["principals"], json!(["copilot"]), "{v}");
     let cert = russh::keys::ssh_key::Certificate::from_openssh(v["certificate"].as_str().unwrap())
         .unwrap();
     let id: sallyport::identity::Identity =
@@ -758,7 +924,7 @@ fn kubernetes_service_account_token_and_delegation() {
             .unwrap()
             .contains("on_behalf_of_token")
     );
-    // Humans may not delegate under the placeholder policy.
+    // Humans may not delegate: only the agents' role sets `on_behalf_of`.
     let (s, v) = api.request(
         &idp.mint(json!({"claims": {"act": {"sub": "eve"}}})),
         json!({"public_key": key}),
