@@ -17,5 +17,6 @@ mod krl;
 mod kube_portforward;
 mod kubeapi;
 mod login;
+mod masking;
 mod oidc;
 mod sessions;
