@@ -360,3 +360,29 @@ fn unusable_masking_rule_refuses_the_session() {
     assert_eq!(ev[0][0], "deny");
     assert_eq!(query_db(&s.db_path(), "SELECT id FROM sessions").len(), 0);
 }
+
+#[test]
+fn held_back_output_reaches_the_client_when_output_goes_idle() {
+    let s = server(true);
+    let u = s.user("alice", &[]);
+    // "gh" could be the start of a GitHub token, so the masker holds it
+    // back; the output then idles (no EOF for a minute): the idle flush
+    // must release it rather than wait for more output.
+    let mut client = Proc::spawn(
+        "ssh-idle",
+        s.ssh(&u, &["printf 'waiting gh'; sleep 60"]),
+        s.dir.path(),
+    );
+    let seen = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(&client.stdout)
+            .ok()
+            .filter(|t| t == "waiting gh")
+    });
+    assert!(
+        seen.is_some(),
+        "held-back bytes never flushed\n{}\n{}",
+        client.log(),
+        s.log()
+    );
+    client.kill();
+}
