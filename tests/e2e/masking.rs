@@ -386,3 +386,47 @@ fn held_back_output_reaches_the_client_when_output_goes_idle() {
     );
     client.kill();
 }
+
+#[test]
+fn stderr_of_an_exec_is_masked_as_its_own_stream() {
+    let s = server(true);
+    let u = s.user("alice", &[]);
+    // The same token half on stdout, whole on stderr: each stream is
+    // masked on its own (the stdout half is not a secret and stays).
+    let half = &GH[..12];
+    let r = s
+        .run_ssh(
+            &u,
+            &[&format!("printf '{half}\\n'; printf 'err {GH}\\n' >&2")],
+            None,
+        )
+        .success();
+    assert_eq!(r.stdout(), format!("{half}\n"));
+    assert_eq!(r.stderr(), "err [MASKED:github-token]\n", "{}", r.explain());
+    let sess = last_session(&s);
+    let id = sess["id"].as_str().unwrap();
+    let rows = query_db(
+        &s.db_path(),
+        &format!("SELECT source, detector, offset FROM mask_hits WHERE session_id = '{id}'"),
+    );
+    // The token is in the command line too (masked in `sessions.command`).
+    let cmd_at = sess["command"]
+        .as_str()
+        .unwrap()
+        .find("[MASKED:github-token]")
+        .unwrap();
+    let row = |a: &str, b: &str, c: usize| vec![a.to_string(), b.to_string(), c.to_string()];
+    assert_eq!(
+        rows,
+        vec![
+            row("command", "github-token", cmd_at),
+            row("stderr", "github-token", 4)
+        ]
+    );
+    let rec = recording_text(&sess);
+    // Both streams are recorded (their order may shift by what each
+    // masker held back until the end of the output).
+    assert!(rec.contains("[MASKED:github-token]\n"), "{rec}");
+    assert!(rec.contains(&format!("{half}\n")), "{rec}");
+    assert_masked("recording", &rec, "");
+}
