@@ -60,7 +60,8 @@ with open(sys.argv[1], "w") as f:
 PY
 chmod 644 "$T/dense.txt"
 
-start_sallyport() { # name policy-mask-section -> port
+start_sallyport() { # name policy-mask-section; sets PORT (no $(...): the
+    # server would keep the substitution's pipe open)
     local name=$1 mask=$2 port
     port=$(free_port)
     mkdir -p "$T/$name/policies"
@@ -90,18 +91,20 @@ listen = "off"
 [policy]
 dir = "$T/$name/policies"
 TOML
-    "$SALLYPORT" --config "$T/$name/sallyport.toml" --log warn serve 2> "$T/$name.log" &
+    "$SALLYPORT" --config "$T/$name/sallyport.toml" --log warn serve > /dev/null 2> "$T/$name.log" &
     PIDS+=($!)
     wait_port "$port"
-    echo "$port"
+    PORT=$port
 }
 
-ON_PORT=$(start_sallyport on 'live = true
-detectors = ["all"]')
+start_sallyport on 'live = true
+detectors = ["all"]'
+ON_PORT=$PORT
 # Masking "off" as far as policy allows: one detector whose keywords
 # (sk_live_, rk_live_, ...) never occur in this output.
-OFF_PORT=$(start_sallyport off 'live = true
-detectors = ["stripe"]')
+start_sallyport off 'live = true
+detectors = ["stripe"]'
+OFF_PORT=$PORT
 
 ssh-keygen -q -t ed25519 -N "" -f "$T/id" -C bench
 # Both servers need the same CA to trust one key: sign with each.
