@@ -121,6 +121,18 @@ impl Store {
         Ok(rows)
     }
 
+    /// Every request a session made, oldest first.
+    pub fn session_approvals(&self, session_id: &str) -> Result<Vec<ApprovalRow>, Error> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM approvals WHERE session_id = ?1 ORDER BY created_at, id"
+        ))?;
+        let rows = st
+            .query_map(params![session_id], row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Close a pending request. Returns false when it was no longer pending
     /// (someone else decided first, or it expired or was withdrawn).
     pub fn close_approval(

@@ -33,6 +33,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_maskguard_approvals",
         include_str!("migrations/0003_maskguard_approvals.sql"),
     ),
+    (
+        "0004_sessmask_hits",
+        include_str!("migrations/0004_sessmask_hits.sql"),
+    ),
 ];
 
 /// Errors from the audit store.

@@ -35,6 +35,8 @@ pub struct SessionEnd<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub reason: &'a str,
+    /// Secrets masked (output and command); the hits are in `mask_hits`.
+    pub mask_hits: u64,
 }
 
 /// A `sessions` row read back.
@@ -61,12 +63,14 @@ pub struct SessionRow {
     pub bytes_out: i64,
     pub recording: Option<String>,
     pub end_reason: Option<String>,
+    /// Secrets masked in the session (set when it ends).
+    pub mask_hits: i64,
 }
 
 const COLS: &str =
     "id, connection_id, channel, user, identity, subject, on_behalf_of, kind, command,
     pty, term, cols, rows, started_at, ended_at, exit_status, exit_signal, bytes_in, bytes_out,
-    recording, end_reason";
+    recording, end_reason, mask_hits";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
     let identity: String = r.get(4)?;
@@ -92,6 +96,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
         bytes_out: r.get(18)?,
         recording: r.get(19)?,
         end_reason: r.get(20)?,
+        mask_hits: r.get(21)?,
     })
 }
 
@@ -137,7 +142,7 @@ impl Store {
     pub fn session_ended(&self, id: &str, e: &SessionEnd<'_>) -> Result<(), Error> {
         self.lock().execute(
             "UPDATE sessions SET ended_at = ?2, exit_status = ?3, exit_signal = ?4, bytes_in = ?5,
-                bytes_out = ?6, end_reason = ?7 WHERE id = ?1 AND ended_at IS NULL",
+                bytes_out = ?6, end_reason = ?7, mask_hits = ?8 WHERE id = ?1 AND ended_at IS NULL",
             params![
                 id,
                 now_rfc3339(),
@@ -145,7 +150,8 @@ impl Store {
                 e.exit_signal,
                 e.bytes_in as i64,
                 e.bytes_out as i64,
-                e.reason
+                e.reason,
+                i64::try_from(e.mask_hits).unwrap_or(i64::MAX)
             ],
         )?;
         Ok(())
@@ -232,6 +238,7 @@ mod tests {
                 exit_status: Some(3),
                 bytes_out: 10,
                 reason: "exited",
+                mask_hits: 2,
                 ..Default::default()
             },
         )
@@ -239,6 +246,7 @@ mod tests {
         let r = s.get_session("0190abcd").unwrap().unwrap();
         assert_eq!(r.exit_status, Some(3));
         assert_eq!(r.bytes_out, 10);
+        assert_eq!(r.mask_hits, 2);
         assert_eq!(r.subject, "alice");
         assert!(s.get_session("nope").unwrap().is_none());
         assert_eq!(s.close_orphan_sessions("crash").unwrap(), 0);

@@ -6,13 +6,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{Global, open_store};
+use crate::audit::events::EventRow;
 use crate::audit::sessions::SessionRow;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// List sessions, newest first.
     List(ListArgs),
-    /// Show one session (every column) and its events.
+    /// Show one session (every column), its blocked commands, approvals,
+    /// masking hits and events, each with its time.
     Show(ShowArgs),
     /// Replay a session's recording (`asciinema play`; when asciinema is not
     /// installed or stdout is not a terminal, print what the client saw).
@@ -33,7 +35,7 @@ pub struct ListArgs {
 pub struct ShowArgs {
     /// Session id (or a unique prefix).
     pub id: String,
-    /// Print JSON: the session and its events.
+    /// Print JSON: `session`, `blocked`, `approvals`, `mask_hits`, `events`.
     #[arg(long)]
     pub json: bool,
 }
@@ -56,43 +58,7 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
                 print_table(&rows);
             }
         }
-        Command::Show(a) => {
-            let s = find(&store, &a.id)?;
-            let events = store.session_events(&s.id)?;
-            if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "session": s, "events": events })
-                    )?
-                );
-            } else {
-                let v = serde_json::to_value(&s)?;
-                if let Some(m) = v.as_object() {
-                    for (k, v) in m {
-                        let shown = match v {
-                            serde_json::Value::String(s) => s.clone(),
-                            serde_json::Value::Null => "-".into(),
-                            other => other.to_string(),
-                        };
-                        println!("{k:>14}  {shown}");
-                    }
-                }
-                println!("\nevents:");
-                if events.is_empty() {
-                    println!("  (none)");
-                }
-                for e in events {
-                    println!(
-                        "  {}  {}  {}{}",
-                        e.at,
-                        e.kind,
-                        e.detail,
-                        e.reason.map(|r| format!("  ({r})")).unwrap_or_default()
-                    );
-                }
-            }
-        }
+        Command::Show(a) => show(&store, &a)?,
         Command::Play(a) => {
             let s = find(&store, &a.id)?;
             let path = s
@@ -129,6 +95,129 @@ pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether an event records something the guard stopped.
+fn is_blocked(e: &EventRow) -> bool {
+    e.decision.as_deref() == Some("deny") || e.kind.contains("blocked")
+}
+
+fn show(store: &crate::audit::Store, a: &ShowArgs) -> anyhow::Result<()> {
+    let s = find(store, &a.id)?;
+    let events = store.session_events(&s.id)?;
+    let approvals = store.session_approvals(&s.id)?;
+    let hits: Vec<MaskHit> = store
+        .mask_hits(&s.id)?
+        .into_iter()
+        .map(|(at, source, detector, offset)| MaskHit {
+            at,
+            source,
+            detector,
+            offset,
+        })
+        .collect();
+    let blocked: Vec<&EventRow> = events.iter().filter(|e| is_blocked(e)).collect();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "session": s,
+                "blocked": blocked,
+                "approvals": approvals,
+                "mask_hits": hits,
+                "events": events,
+            }))?
+        );
+        return Ok(());
+    }
+    let v = serde_json::to_value(&s)?;
+    if let Some(m) = v.as_object() {
+        for (k, v) in m {
+            let shown = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            println!("{k:>14}  {shown}");
+        }
+    }
+    println!("\nblocked commands:");
+    if blocked.is_empty() {
+        println!("  (none)");
+    }
+    for e in &blocked {
+        println!(
+            "  {}  {}  {}{}",
+            e.at,
+            e.kind,
+            e.detail,
+            e.reason
+                .as_deref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    println!("\napprovals:");
+    if approvals.is_empty() {
+        println!("  (none)");
+    }
+    for r in &approvals {
+        let decided = match (&r.decided_at, &r.decided_by) {
+            (Some(at), Some(by)) => format!(" by {by} at {at}"),
+            (Some(at), None) => format!(" at {at}"),
+            _ => String::new(),
+        };
+        println!(
+            "  {}  {}  {}  {}  {}{decided}{}",
+            r.created_at,
+            r.id,
+            r.kind,
+            r.request,
+            r.status,
+            r.decision_note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
+    println!("\nmasking hits:");
+    if hits.is_empty() {
+        println!("  (none)");
+    }
+    for h in &hits {
+        println!(
+            "  {}  {}  {} at byte {}",
+            h.at, h.source, h.detector, h.offset
+        );
+    }
+    println!("\nevents:");
+    if events.is_empty() {
+        println!("  (none)");
+    }
+    for e in &events {
+        println!(
+            "  {}  {}  {}{}",
+            e.at,
+            e.kind,
+            e.detail,
+            e.reason
+                .as_deref()
+                .map(|r| format!("  ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// One masking hit as `sessions show` prints it (never the secret).
+#[derive(Debug, serde::Serialize)]
+struct MaskHit {
+    at: String,
+    /// output | stderr | command | input
+    source: String,
+    detector: String,
+    /// Byte offset in that stream.
+    offset: i64,
 }
 
 fn find(store: &crate::audit::Store, id: &str) -> anyhow::Result<SessionRow> {

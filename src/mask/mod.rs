@@ -111,10 +111,20 @@ pub struct MaskConfig {
 }
 
 impl MaskConfig {
-    /// The masking a session grant asks for.
+    /// The masking a session grant asks for. Policy names detector
+    /// families (`aws`, `password`, see `policy::load::KNOWN_DETECTORS`);
+    /// each is expanded to the built-in detectors it stands for.
     pub fn from_grant(grant: &crate::policy::SessionGrant) -> Self {
+        let mut detectors: Vec<String> = Vec::new();
+        for family in &grant.mask_detectors {
+            for name in family_detectors(family) {
+                if !detectors.iter().any(|d| d == name) {
+                    detectors.push(name.to_string());
+                }
+            }
+        }
         Self {
-            detectors: grant.mask_detectors.clone(),
+            detectors,
             custom: grant
                 .mask_custom
                 .iter()
@@ -124,6 +134,29 @@ impl MaskConfig {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The built-in detectors a policy detector name stands for: a family name
+/// (`aws` -> `aws-access-key-id`, `aws-secret-access-key`) or a built-in
+/// name itself. An unknown name maps to itself, so [`Masker::new`] reports
+/// it instead of silently masking less.
+pub fn family_detectors(name: &str) -> Vec<&str> {
+    let family: &[&'static str] = match name {
+        "aws" => &["aws-access-key-id", "aws-secret-access-key"],
+        "github" => &["github-token"],
+        "gitlab" => &["gitlab-token"],
+        "slack" => &["slack-token", "slack-webhook"],
+        "stripe" => &["stripe-key"],
+        "gcp" => &["gcp-api-key", "gcp-service-account-key"],
+        "password" => &["password-assignment"],
+        "connection-string" => &["connection-string-password"],
+        _ => &[],
+    };
+    if family.is_empty() {
+        vec![name]
+    } else {
+        family.to_vec()
     }
 }
 

@@ -459,3 +459,41 @@ fn a_megabyte_of_random_bytes_survives() {
     out.extend(s.flush().bytes);
     assert_eq!(out, whole.bytes);
 }
+
+#[test]
+fn every_policy_detector_family_compiles_to_builtins() {
+    // The policy loader accepts these names; a session built from them must
+    // not fail on "unknown detector" (the family names differ from the
+    // built-in detector names).
+    for family in crate::policy::load::KNOWN_DETECTORS {
+        let names = family_detectors(family);
+        assert!(!names.is_empty(), "{family}");
+        for n in &names {
+            assert!(builtin_names().any(|b| b == *n), "{family} -> {n}");
+        }
+        let grant = crate::policy::SessionGrant {
+            mask_detectors: vec![family.to_string()],
+            ..crate::policy::SessionGrant::none()
+        };
+        let m = Masker::new(&MaskConfig::from_grant(&grant)).unwrap();
+        assert_eq!(m.detector_names().len(), names.len(), "{family}");
+    }
+    // Every built-in belongs to some family: "all" spelled out misses nothing.
+    for b in builtin_names() {
+        assert!(
+            crate::policy::load::KNOWN_DETECTORS
+                .iter()
+                .any(|f| family_detectors(f).contains(&b)),
+            "{b} is in no policy family"
+        );
+    }
+    // Unknown names stay unknown (reported, not ignored).
+    let grant = crate::policy::SessionGrant {
+        mask_detectors: vec!["nope".into()],
+        ..crate::policy::SessionGrant::none()
+    };
+    assert!(matches!(
+        Masker::new(&MaskConfig::from_grant(&grant)),
+        Err(Error::UnknownDetector(_))
+    ));
+}

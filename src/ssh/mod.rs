@@ -8,6 +8,8 @@
 //! - [`handler`]: the russh [`russh::server::Handler`] — authentication
 //!   (certificates through `ca::verify`, break-glass plain keys), channel
 //!   and global requests, each refusal audited.
+//! - [`masking`]: a session's secret masking (from its policy grant) and
+//!   the per-channel output masker behind the output seam.
 //! - [`session`]: one task per shell/exec channel that pumps bytes between
 //!   the child and the client through the two seams the masker and the
 //!   command guard plug into ([`session::OutputSeam`], [`session::InputSeam`]).
@@ -29,6 +31,7 @@ use crate::shell::Account;
 
 pub mod accept;
 pub mod handler;
+pub mod masking;
 pub mod session;
 
 /// Errors of the SSH server.

@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::handler::Authed;
+use super::masking::{OutputMask, Passed, SessionMask};
+use crate::audit::Store;
 use crate::audit::events::Event;
 use crate::audit::sessions::{SessionEnd, SessionStart};
 use crate::guard::{approval, parse};
@@ -151,18 +153,70 @@ impl Queued {
 pub struct OutputSeam {
     recorder: Arc<Mutex<Option<Recorder>>>,
     bytes_out: u64,
+    /// The channel's output masker (see [`super::masking`]).
+    mask: OutputMask,
+    /// Where mask hits are audited.
+    store: Store,
+    session_id: String,
+    /// Secrets masked outside the output (the exec command).
+    other_hits: u64,
 }
 
 impl OutputSeam {
-    /// Record `data` and return what the client gets. `stderr` marks
-    /// extended data of a non-pty exec (recorded as output too, so the
-    /// recording shows what the user saw). Masking goes here: transform
-    /// `data` before both uses (the recording is always masked; the client
-    /// copy when the grant says `mask_live`).
-    pub fn deliver(&mut self, data: Bytes, _stderr: bool) -> Result<Bytes, record::Error> {
+    /// Record `data` and return what the client gets now (possibly empty).
+    /// `stderr` marks extended data of a non-pty exec (recorded as output
+    /// too, so the recording shows what the user saw). The recording always
+    /// gets masked bytes; the client gets them when the grant says
+    /// `mask_live`, else `data` itself, at once. Bytes the masker holds back
+    /// come out of [`Self::flush`], which the output loop calls once
+    /// [`Self::flush_at`] has passed and at the end of the output.
+    pub fn deliver(&mut self, data: Bytes, stderr: bool) -> Result<Bytes, record::Error> {
         self.bytes_out += data.len() as u64;
-        with_recorder(&self.recorder, |r| r.output(&data))?;
-        Ok(data)
+        let p = self.mask.push(data, stderr);
+        self.pass(&p, stderr)?;
+        Ok(p.client)
+    }
+
+    /// Release what the masker holds back: the recording gets it, and the
+    /// returned `(bytes, stderr)` are for the client (only when live).
+    pub fn flush(&mut self) -> Result<Vec<(Bytes, bool)>, record::Error> {
+        let mut client = Vec::new();
+        for (stderr, p) in self.mask.flush() {
+            self.pass(&p, stderr)?;
+            if !p.client.is_empty() {
+                client.push((p.client, stderr));
+            }
+        }
+        Ok(client)
+    }
+
+    /// When held-back output is due for [`Self::flush`].
+    pub fn flush_at(&self) -> Option<tokio::time::Instant> {
+        self.mask.flush_at()
+    }
+
+    /// Secrets masked in this session so far (output and command).
+    pub fn hits(&self) -> u64 {
+        self.mask.hits() + self.other_hits
+    }
+
+    fn pass(&self, p: &Passed, stderr: bool) -> Result<(), record::Error> {
+        if !p.hits.is_empty() {
+            let source = if stderr { "stderr" } else { "output" };
+            // The masking itself happened; a lost audit row is logged, not
+            // fatal (the secret is not shown either way).
+            if let Err(e) = self
+                .store
+                .record_mask_hits(Some(&self.session_id), source, &p.hits)
+            {
+                tracing::error!(error = %e, "audit: cannot record mask hits");
+            }
+            tracing::debug!(hits = p.hits.len(), source, "masked secrets");
+        }
+        if p.record.is_empty() {
+            return Ok(());
+        }
+        with_recorder(&self.recorder, |r| r.output(&p.record))
     }
 }
 
@@ -173,6 +227,9 @@ pub struct InputSeam {
     bytes_in: Arc<AtomicU64>,
     /// Whether the child reads from a pty (typed lines) or a pipe.
     pub pty: bool,
+    /// The session's masking: `mask.mask_text(line)` before a typed line
+    /// goes into the audit log.
+    pub mask: SessionMask,
 }
 
 impl InputSeam {
@@ -232,6 +289,10 @@ pub fn start(
     let identity = &req.authed.identity;
     let policy = shared.policy.current();
     let grant = policy.session(identity);
+    let mask = match SessionMask::new(&grant) {
+        Ok(m) => m,
+        Err(e) => return Err(mask_refused(shared, &req, &e)),
+    };
     // A force-command in the certificate replaces whatever was asked
     // (sshd's ForceCommand); the request survives in SSH_ORIGINAL_COMMAND.
     let (command, original) = match req.authed.force_command() {
@@ -350,6 +411,7 @@ pub fn start(
         record_input: shared.config.recording.input || grant.record_input,
         handle,
         running,
+        mask: mask.clone(),
     };
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let queued = Arc::new(Queued::default());
@@ -436,6 +498,8 @@ struct Launch {
     record_input: bool,
     handle: Handle,
     running: watch::Sender<usize>,
+    /// The session's masking (output streams, typed lines, audit text).
+    mask: SessionMask,
 }
 
 impl Launch {
@@ -473,6 +537,7 @@ impl Launch {
                     bytes_in: 0,
                     bytes_out: 0,
                     reason: &format!("{label}: {reason}"),
+                    mask_hits: 0,
                 },
             )
         });
@@ -674,6 +739,18 @@ impl Launch {
             let _ = recorder.finish();
             return Err(Refused::Failure);
         }
+        let command_hits = self
+            .command
+            .as_deref()
+            .map(|c| self.mask.mask_text_hits(c).1)
+            .unwrap_or_default();
+        if let Err(e) =
+            shared
+                .store
+                .record_mask_hits(Some(&self.session_id), "command", &command_hits)
+        {
+            tracing::error!(error = %e, "audit: cannot record mask hits");
+        }
         tracing::info!(command = self.shown.as_deref().unwrap_or(""), pty = self.pty.is_some(), recording = %path_s, "session started");
 
         let recorder = Arc::new(Mutex::new(Some(recorder)));
@@ -684,11 +761,12 @@ impl Launch {
             record_input: self.record_input,
             bytes_in: Arc::clone(&bytes_in),
             pty: self.pty.is_some(),
+            mask: self.mask.clone(),
         };
         self.running.send_modify(|n| *n += 1);
         let task = Task {
             shared: Arc::clone(shared),
-            session_id: self.session_id,
+            session_id: self.session_id.clone(),
             conn_id: self.conn_id,
             subject: identity.subject.clone(),
             channel: self.channel,
@@ -696,6 +774,10 @@ impl Launch {
             output: OutputSeam {
                 recorder,
                 bytes_out: 0,
+                mask: self.mask.output(),
+                store: shared.store.clone(),
+                session_id: self.session_id.clone(),
+                other_hits: command_hits.len() as u64,
             },
             bytes_in,
             failed,
@@ -725,6 +807,27 @@ async fn refuse_on_channel(handle: &Handle, ch: ChannelId, message: &str) {
     let _ = handle.exit_status_request(ch, EXIT_DENIED).await;
     let _ = handle.eof(ch).await;
     let _ = handle.close(ch).await;
+}
+
+/// Refuse a session whose masking cannot be built (fail closed: output
+/// that cannot be masked is neither recorded nor shown), audited.
+fn mask_refused(shared: &Shared, req: &Request, e: &crate::mask::Error) -> Refused {
+    tracing::error!(error = %e, "refusing the session: masking rules cannot be used");
+    event(
+        shared,
+        Event {
+            connection_id: Some(&req.conn_id),
+            kind: "mask-config-failed",
+            subject: Some(&req.authed.identity.subject),
+            detail: &e.to_string(),
+            decision: Some("deny"),
+            reason: Some("a session whose output cannot be masked does not run"),
+            ..Default::default()
+        },
+    );
+    Refused::Denied(format!(
+        "sallyport: session refused: the masking rules of your policy cannot be used ({e}); ask an operator to fix the policy\r\n"
+    ))
 }
 
 fn channel_num(c: ChannelId) -> u32 {
@@ -870,6 +973,7 @@ impl Task {
             if exit.is_some() && drain_deadline.is_none() {
                 drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
+            let flush_at = self.output.flush_at();
             tokio::select! {
                 m = out_rx.recv(), if out_open => match m {
                     Some(Out::Data(b, stderr)) => {
@@ -878,8 +982,19 @@ impl Task {
                             kill(pid, group, &mut killed);
                         }
                     }
-                    None => out_open = false,
+                    None => {
+                        out_open = false;
+                        self.flush_output().await;
+                    }
                 },
+                // Output went idle: release what the masker holds back
+                // (the streaming contract of `crate::mask`).
+                _ = sleep_until_opt(flush_at), if flush_at.is_some() => {
+                    if !self.flush_output().await && end_reason.is_none() {
+                        end_reason = Some("client gone".into());
+                        kill(pid, group, &mut killed);
+                    }
+                }
                 e = &mut exit_rx, if exit.is_none() => {
                     exit = Some(e.unwrap_or(Exit::Code(255)));
                 }
@@ -917,6 +1032,8 @@ impl Task {
             }
         }
         input_task.abort();
+        // Output cut off by the drain deadline still owes its held-back tail.
+        self.flush_output().await;
         let exit = exit.unwrap_or(Exit::Code(255));
         drop(pty_master);
         let rec = match self.output.recorder.lock() {
@@ -942,6 +1059,7 @@ impl Task {
                 bytes_in: self.bytes_in.load(Ordering::Relaxed),
                 bytes_out: self.output.bytes_out,
                 reason: &reason,
+                mask_hits: self.output.hits(),
             },
         ) {
             tracing::error!(error = %e, "audit: cannot close session row");
@@ -980,6 +1098,31 @@ impl Task {
                 return true;
             }
         };
+        self.send_client(data, stderr).await
+    }
+
+    /// Release the masker's held-back output (idle or end of output). False
+    /// when the client is gone.
+    async fn flush_output(&mut self) -> bool {
+        let chunks = match self.output.flush() {
+            Ok(c) => c,
+            Err(e) => {
+                self.recording_failed(&e);
+                return true;
+            }
+        };
+        for (data, stderr) in chunks {
+            if !self.send_client(data, stderr).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send_client(&mut self, data: Bytes, stderr: bool) -> bool {
+        if data.is_empty() {
+            return true;
+        }
         let r = if stderr {
             self.handle.extended_data(self.channel, 1, data).await
         } else {

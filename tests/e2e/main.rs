@@ -21,5 +21,6 @@ mod kube_portforward;
 mod kubeapi;
 mod kubewire;
 mod login;
+mod masking;
 mod oidc;
 mod sessions;

@@ -573,3 +573,102 @@ pub fn parse_cast(path: &Path) -> (serde_json::Value, Vec<(f64, String, String)>
         .collect();
     (header, events)
 }
+
+/// One `Command` as a single shell-quoted line (for tmux, which runs its
+/// command through `sh -c`).
+pub fn shell_line(cmd: &Command) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut parts = vec![quote(&cmd.get_program().to_string_lossy())];
+    parts.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
+    parts.join(" ")
+}
+
+/// A tmux server on its own socket running one session (`t`) of the given
+/// size: a real terminal for interactive tests (`ssh -tt`). Killed on drop.
+pub struct Tmux {
+    sock: PathBuf,
+}
+
+impl Tmux {
+    /// Start `command` (a shell line, see [`shell_line`]) in a detached
+    /// `cols`x`rows` session; the socket lives in `dir`.
+    pub fn start(dir: &Path, cols: u16, rows: u16, command: &str) -> Tmux {
+        let t = Tmux {
+            sock: dir.join(format!("tmux-{}.sock", free_port())),
+        };
+        t.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            &cols.to_string(),
+            "-y",
+            &rows.to_string(),
+            command,
+        ]);
+        t
+    }
+
+    /// `tmux <args>`; panics when tmux fails.
+    pub fn run(&self, args: &[&str]) {
+        let st = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "tmux {args:?} failed");
+    }
+
+    /// `send-keys` to the session: key names (`Enter`, `C-c`) or text.
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+
+    /// Type `text` literally, then Enter.
+    pub fn line(&self, text: &str) {
+        self.run(&["send-keys", "-t", "t", "-l", text]);
+        self.keys(&["Enter"]);
+    }
+
+    /// The pane's text, scrollback included, wrapped lines joined.
+    pub fn capture(&self) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .args(["capture-pane", "-p", "-J", "-S", "-", "-t", "t"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Poll the pane until `pred` holds; the last capture either way.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let mut last = String::new();
+        wait_for(timeout, || {
+            last = self.capture();
+            pred(&last).then_some(())
+        })
+        .map(|_| last.clone())
+        .ok_or(last)
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .arg("kill-server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
