@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`commands`]: one file per subcommand (`serve`, `ca`, `cert`, `login`,
-//!   `sessions`, `policy`, `approvals`, `audit`); `main.rs` only dispatches here.
+//!   `sessions`, `policy`, `approvals`); `main.rs` only dispatches here.
 //! - [`config`]: server configuration, parsed (unknown keys rejected) then
 //!   validated into a typed [`config::Config`].
 //! - [`audit`]: the SQLite audit store (migrations, inserts, queries).

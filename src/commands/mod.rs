@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 pub mod approvals;
-pub mod audit;
 pub mod ca;
 pub mod cert;
 pub mod login;
@@ -79,9 +78,6 @@ pub enum Command {
     /// Just-in-time approvals: list, approve, deny.
     #[command(subcommand)]
     Approvals(approvals::Command),
-    /// The audit log: query and verify.
-    #[command(subcommand)]
-    Audit(audit::Command),
 }
 
 /// Initialise logging to stderr.
@@ -111,7 +107,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Sessions(c) => sessions::run(&g, c).await,
             Command::Policy(c) => policy::run(&g, c).await,
             Command::Approvals(c) => approvals::run(&g, c).await,
-            Command::Audit(c) => audit::run(&g, c).await,
         }
     })
 }
