@@ -29,7 +29,10 @@ fn assert_rejected(s: &Server, u: &User, login: &str, reason: &str) {
             &s.db_path(),
             "SELECT result, reason, user, method FROM auth_attempts ORDER BY id DESC",
         );
-        rows.into_iter().find(|r| r[1].contains(reason))
+        // Match the login too: an earlier attempt's row (another user) may
+        // carry the same reason while this one is still being written.
+        rows.into_iter()
+            .find(|r| r[1].contains(reason) && r[2] == login)
     })
     .unwrap_or_else(|| {
         panic!(

@@ -454,6 +454,16 @@ fn forward_cap_per_connection() {
         "{}",
         tunnel.log()
     );
+    // wait_port's probe connection was itself a forward: let the bastion
+    // close it first, or it would hold one of the 4 slots under load.
+    let idle = wait_for(Duration::from_secs(20), || {
+        let open = crate::support::query_db(
+            &s.db_path(),
+            "SELECT count(*) FROM forwards WHERE decision = 'allow' AND ended_at IS NULL",
+        );
+        (open[0][0] == "0").then_some(())
+    });
+    assert!(idle.is_some(), "probe forward never closed\n{}", s.log());
     // Hold 4 working forwards open.
     let mut held = Vec::new();
     for _ in 0..4 {
