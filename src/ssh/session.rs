@@ -31,7 +31,6 @@ use crate::audit::Store;
 use crate::audit::events::Event;
 use crate::audit::sessions::{SessionEnd, SessionStart};
 use crate::guard::{approval, parse};
-use crate::mask::{MaskConfig, Masker};
 use crate::policy::Verdict;
 use crate::record::{self, Header, Recorder};
 use crate::shell::{self, Exit, PtyChild, Spec};
@@ -321,11 +320,10 @@ pub fn start(
             grant.reason
         )));
     }
-    let masker = Masker::new(&MaskConfig::from_grant(&grant))
-        .or_else(|_| Masker::builtin())
-        .ok();
+    // The session's masker (built above; a grant whose masking cannot be
+    // compiled never gets here) also masks the command text we keep.
     let decision = command.as_deref().map(|c| {
-        let shown = clip(&mask_text(masker.as_ref(), c), MAX_SHOWN);
+        let shown = clip(&mask.mask_text(c), MAX_SHOWN);
         if !grant.exec {
             return ExecDecision {
                 verdict: Verdict::Deny,
@@ -340,7 +338,7 @@ pub fn start(
         let d = policy.exec(identity, &parse::parse(c));
         ExecDecision {
             verdict: d.verdict,
-            reason: mask_text(masker.as_ref(), &d.reason),
+            reason: mask.mask_text(&d.reason),
             shown,
         }
     });
@@ -457,14 +455,6 @@ pub fn start(
 
 /// Longest command text kept in audit rows, markers and messages.
 const MAX_SHOWN: usize = 4096;
-
-fn mask_text(m: Option<&Masker>, s: &str) -> String {
-    match m {
-        Some(m) => m.mask_str(s),
-        // No masker could be built: store nothing rather than a secret.
-        None => "[unmasked text withheld]".to_string(),
-    }
-}
 
 /// At most `max` bytes of `s`, cut at a char boundary, "…" when cut.
 fn clip(s: &str, max: usize) -> String {
