@@ -12,6 +12,12 @@ use serde::Deserialize;
 
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "./sallyport-data";
+/// SSH channel window (russh's default; OpenSSH uses 2 MiB too).
+pub const DEFAULT_WINDOW: u32 = 2 * 1024 * 1024;
+/// Largest channel data packet accepted (OpenSSH's default is 32 KiB).
+pub const DEFAULT_MAX_PACKET: u32 = 32 * 1024;
+/// Per-channel message buffer (russh's default).
+pub const DEFAULT_CHANNEL_BUFFER: u32 = 100;
 
 /// Configuration errors, each naming where and what to change.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +117,12 @@ pub struct RawSsh {
     pub shell: Option<PathBuf>,
     /// Validity of the host certificate (renewed before expiry).
     pub host_cert_validity: Option<String>,
+    /// SSH channel window advertised to clients, bytes (flow control).
+    pub window_size: Option<u32>,
+    /// Largest channel data packet accepted from clients, bytes.
+    pub max_packet_size: Option<u32>,
+    /// Messages buffered per channel between the connection and its task.
+    pub channel_buffer: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +242,9 @@ pub struct SshConfig {
     pub env_allow: Vec<String>,
     pub shell: Option<PathBuf>,
     pub host_cert_validity: Duration,
+    pub window_size: u32,
+    pub max_packet_size: u32,
+    pub channel_buffer: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -360,6 +375,24 @@ impl RawConfig {
                 None => Ok(default),
             }
         };
+        let bounded = |key: &str,
+                       v: Option<u32>,
+                       default: u32,
+                       range: std::ops::RangeInclusive<u32>|
+         -> Result<u32, Error> {
+            match v {
+                Some(n) if !range.contains(&n) => Err(invalid(
+                    key,
+                    format!(
+                        "{n} is out of range; use {} to {} (default {default})",
+                        range.start(),
+                        range.end()
+                    ),
+                )),
+                Some(n) => Ok(n),
+                None => Ok(default),
+            }
+        };
         let ssh = SshConfig {
             listen: addr(
                 "ssh.listen",
@@ -408,6 +441,27 @@ impl RawConfig {
                 "ssh.host_cert_validity",
                 &s.host_cert_validity,
                 Duration::from_secs(30 * 24 * 3600),
+            )?,
+            // Defaults chosen by bench/forward-vs-sshd.sh (README, Benchmarks).
+            window_size: bounded(
+                "ssh.window_size",
+                s.window_size,
+                DEFAULT_WINDOW,
+                32 * 1024..=64 * 1024 * 1024,
+            )?,
+            // RFC 4254 §5.2: at least 32768 must be accepted; OpenSSH caps
+            // its own at 256 KiB (CHAN_SES_PACKET_DEFAULT is 32 KiB).
+            max_packet_size: bounded(
+                "ssh.max_packet_size",
+                s.max_packet_size,
+                DEFAULT_MAX_PACKET,
+                32 * 1024..=256 * 1024,
+            )?,
+            channel_buffer: bounded(
+                "ssh.channel_buffer",
+                s.channel_buffer,
+                DEFAULT_CHANNEL_BUFFER,
+                1..=10_000,
             )?,
         };
         if ssh.clock_skew > Duration::from_secs(600) {

@@ -179,6 +179,9 @@ fn build_russh_config(
         keepalive_interval: Some(s.keepalive_interval),
         keepalive_max: 3,
         nodelay: true,
+        window_size: s.window_size,
+        maximum_packet_size: s.max_packet_size,
+        channel_buffer_size: s.channel_buffer as usize,
         preferred: russh::Preferred {
             cipher: std::borrow::Cow::Borrowed(CIPHERS),
             ..Default::default()
