@@ -23,4 +23,5 @@ mod kubewire;
 mod login;
 mod masking;
 mod oidc;
+mod reload;
 mod sessions;
