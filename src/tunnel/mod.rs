@@ -797,3 +797,74 @@ mod tests {
         assert_eq!(rows[0].connection_id, "c9");
     }
 }
+
+/// Kube API channels ask the live policy for every HTTP request: a reload
+/// applies to the next request of a channel opened before it.
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use crate::policy::{KubeRequest, Policy};
+
+    const POLICY: &str = r#"
+[[role]]
+name = "viewers"
+[role.match]
+subject = ["alice"]
+[role.kube]
+allow = [{ verbs = ["get"], resources = ["pods"] }]
+"#;
+
+    #[tokio::test]
+    async fn kube_api_requests_are_decided_by_the_policy_in_force_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kc.yaml");
+        // Never dialled: only the per-request policy question is asked here.
+        std::fs::write(
+            &kc,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: b\ncurrent-context: t\nusers:\n- name: b\n  user:\n    token: t\n",
+        )
+        .unwrap();
+        let p = std::path::Path::new("t.toml");
+        let cfg = crate::config::parse(
+            &format!(
+                "[kube]\napi_target = \"kubernetes:443\"\nkubeconfig = {:?}\n",
+                kc.display().to_string()
+            ),
+            p,
+        )
+        .unwrap()
+        .validate(p, None)
+        .unwrap();
+        let handle = PolicyHandle::new(Policy::from_toml("p.toml", POLICY).unwrap());
+        let f = Forwarder::new(&cfg, handle.clone(), Store::in_memory().unwrap());
+        let alice = Identity {
+            issuer: "local".into(),
+            subject: "alice".into(),
+            ..Default::default()
+        };
+        // The channel's context is made once, when the channel opens.
+        let ctx = f
+            .kube_api
+            .context(&alice, "c1", CancellationToken::new())
+            .await
+            .unwrap();
+        let req = KubeRequest {
+            verb: "get".into(),
+            resource: "pods".into(),
+            namespace: Some("dev".into()),
+            ..Default::default()
+        };
+        let before = ctx.authorizer.kube(&ctx.identity, &req);
+        assert!(before.is_allow(), "{before:?}");
+        handle.replace(
+            Policy::from_toml(
+                "p.toml",
+                &POLICY.replace("allow = [{", "deny = [{"),
+            )
+            .unwrap(),
+        );
+        let after = ctx.authorizer.kube(&ctx.identity, &req);
+        assert_eq!(after.verdict, Verdict::Deny, "{after:?}");
+        assert!(after.reason.contains("kube.deny"), "{}", after.reason);
+    }
+}
