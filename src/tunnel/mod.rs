@@ -857,11 +857,7 @@ allow = [{ verbs = ["get"], resources = ["pods"] }]
         let before = ctx.authorizer.kube(&ctx.identity, &req);
         assert!(before.is_allow(), "{before:?}");
         handle.replace(
-            Policy::from_toml(
-                "p.toml",
-                &POLICY.replace("allow = [{", "deny = [{"),
-            )
-            .unwrap(),
+            Policy::from_toml("p.toml", &POLICY.replace("allow = [{", "deny = [{")).unwrap(),
         );
         let after = ctx.authorizer.kube(&ctx.identity, &req);
         assert_eq!(after.verdict, Verdict::Deny, "{after:?}");

@@ -118,7 +118,11 @@ fn reload_removing_shell_ends_an_open_shell() {
     let t = ssh_tt(&s, &u);
     shell_works(&s, &t, "before");
 
-    set_policy(&s, &POLICY.replace("shell = true", "shell = false"), reloads);
+    set_policy(
+        &s,
+        &POLICY.replace("shell = true", "shell = false"),
+        reloads,
+    );
 
     let why = "sallyport: session ended: policy reloaded: interactive shells are no longer allowed";
     t.wait_for(WAIT, |p| p.contains(why))
@@ -160,9 +164,7 @@ fn reload_removing_shell_ends_an_open_shell() {
         "{}",
         r.explain()
     );
-    let r = s
-        .run_ssh(&u, &["echo exec-$((1+1))"], None)
-        .success();
+    let r = s.run_ssh(&u, &["echo exec-$((1+1))"], None).success();
     assert_eq!(r.stdout().trim(), "exec-2");
 }
 
@@ -251,7 +253,8 @@ fn reload_that_keeps_access_leaves_the_session_working_and_applies_new_limits() 
     assert!(ev[0][3].contains("role 'ops'"), "{ev:?}");
     let m = markers(row["recording"].as_str().unwrap());
     assert!(
-        m.iter().any(|m| m.starts_with("session ended: max duration")),
+        m.iter()
+            .any(|m| m.starts_with("session ended: max duration")),
         "{m:?}"
     );
 }
