@@ -11,6 +11,7 @@ mod policy;
 mod support;
 
 mod auth;
+mod ca_cli;
 mod core;
 mod deploy;
 mod forward;
