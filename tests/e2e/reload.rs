@@ -15,23 +15,13 @@ use crate::support::targets::echo_server;
 use crate::support::*;
 
 /// alice: shell, exec, forwarding to the echo target.
-const POLICY: &str = r#"
-[[role]]
-name = "ops"
-[role.match]
-issuer = ["local"]
-[role.grant]
-principals = ["{subject}"]
-shell = true
-exec = true
-pty = true
-port_forwarding = true
-[role.exec]
-allow = ["*"]
-[role.forward]
-allow = ["echo:*"]
-"#;
-
+fn policy() -> String {
+    policies::local_role(
+        "ops",
+        "port_forwarding = true\n",
+        "[role.exec]\nallow = [\"*\"]\n[role.forward]\nallow = [\"echo:*\"]\n",
+    )
+}
 const WAIT: Duration = Duration::from_secs(30);
 
 fn start(policy: &str, config_extra: &str) -> Server {
@@ -113,14 +103,14 @@ fn killed(row: &serde_json::Value) -> bool {
 
 #[test]
 fn reload_removing_shell_ends_an_open_shell() {
-    let s = start(POLICY, "");
+    let s = start(&policy(), "");
     let u = s.user("alice", &[]);
     let t = ssh_tt(&s, &u);
     shell_works(&s, &t, "before");
 
     set_policy(
         &s,
-        &POLICY.replace("shell = true", "shell = false"),
+        &policy().replace("shell = true", "shell = false"),
         reloads,
     );
 
@@ -170,7 +160,7 @@ fn reload_removing_shell_ends_an_open_shell() {
 
 #[test]
 fn reload_denying_a_running_command_ends_it() {
-    let s = start(POLICY, "");
+    let s = start(&policy(), "");
     let u = s.user("alice", &[]);
     let mut client = Proc::spawn("ssh-exec", s.ssh(&u, &["sleep 300"]), s.dir.path());
     wait_for(WAIT, || {
@@ -182,7 +172,7 @@ fn reload_denying_a_running_command_ends_it() {
 
     set_policy(
         &s,
-        &POLICY.replace("allow = [\"*\"]", "allow = [\"*\"]\ndeny = [\"sleep *\"]"),
+        &policy().replace("allow = [\"*\"]", "allow = [\"*\"]\ndeny = [\"sleep *\"]"),
         reloads,
     );
 
@@ -208,7 +198,7 @@ fn reload_denying_a_running_command_ends_it() {
 
 #[test]
 fn reload_that_keeps_access_leaves_the_session_working_and_applies_new_limits() {
-    let s = start(POLICY, "");
+    let s = start(&policy(), "");
     let u = s.user("alice", &[]);
     let t = ssh_tt(&s, &u);
     shell_works(&s, &t, "before");
@@ -216,7 +206,7 @@ fn reload_that_keeps_access_leaves_the_session_working_and_applies_new_limits() 
     // Another role and new limits: alice keeps her shell.
     let more = format!(
         "{}\n[[role]]\nname = \"viewers\"\n[role.match]\nsubject = [\"bob\"]\n[role.grant]\nexec = true\n",
-        POLICY.replace("pty = true", "pty = true\nmax_duration = \"9h\"")
+        policy().replace("pty = true", "pty = true\nmax_duration = \"9h\"")
     );
     set_policy(&s, &more, reloads);
     wait_for(WAIT, || {
@@ -262,7 +252,7 @@ fn reload_that_keeps_access_leaves_the_session_working_and_applies_new_limits() 
 #[test]
 fn idle_timeout_ends_a_quiet_session() {
     let s = start(
-        &POLICY.replace("pty = true", "pty = true\nidle_timeout = \"2s\""),
+        &policy().replace("pty = true", "pty = true\nidle_timeout = \"2s\""),
         "",
     );
     let u = s.user("alice", &[]);
@@ -281,7 +271,7 @@ fn idle_timeout_ends_a_quiet_session() {
 
 #[test]
 fn broken_policy_file_ends_nothing() {
-    let s = start(POLICY, "");
+    let s = start(&policy(), "");
     let u = s.user("alice", &[]);
     let t = ssh_tt(&s, &u);
     shell_works(&s, &t, "before");
@@ -311,7 +301,7 @@ fn echo_round_trip(c: &mut TcpStream, msg: &[u8]) -> bool {
 #[test]
 fn open_forward_survives_a_reload_that_denies_it_new_channels_are_refused() {
     let echo = echo_server();
-    let s = start(POLICY, &format!("[targets]\necho = \"{echo}\"\n"));
+    let s = start(&policy(), &format!("[targets]\necho = \"{echo}\"\n"));
     let u = s.user("alice", &["--permit-port-forwarding"]);
     let lport = free_port();
     let mut cmd = s.ssh(&u, &["-N", "-L", &format!("{lport}:echo:{}", echo.port())]);
@@ -324,7 +314,7 @@ fn open_forward_survives_a_reload_that_denies_it_new_channels_are_refused() {
 
     set_policy(
         &s,
-        &POLICY.replace("allow = [\"echo:*\"]", "deny = [\"echo:*\"]"),
+        &policy().replace("allow = [\"echo:*\"]", "deny = [\"echo:*\"]"),
         reloads,
     );
 
