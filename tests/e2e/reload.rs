@@ -343,3 +343,61 @@ fn open_forward_survives_a_reload_that_denies_it_new_channels_are_refused() {
     });
     assert!(one_open.is_some(), "{}", s.log());
 }
+
+#[test]
+fn new_masking_rules_apply_to_an_open_sessions_later_output() {
+    let s = start(&policy(), "");
+    let u = s.user("alice", &[]);
+    let t = ssh_tt(&s, &u);
+    // The typed line never matches the rule (`$(...)`); only the output can.
+    let print = "echo acme_$(echo abcd1234)-$((1+1))";
+    t.line(print);
+    t.wait_for(WAIT, |p| p.contains("acme_abcd1234-2"))
+        .unwrap_or_else(|p| panic!("no raw output before the reload\n{p}\n{}", s.log()));
+
+    let masked = policy().replace(
+        "[role.exec]",
+        "[role.mask]\nlive = true\ncustom = [{ name = \"acme\", regex = \"acme_[a-z0-9]{8}\" }]\n[role.exec]",
+    );
+    set_policy(&s, &masked, reloads);
+    wait_for(WAIT, || {
+        s.log()
+            .contains("policy reloaded: session still allowed")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("session did not re-check\n{}", s.log()));
+    t.line(&print.replace("1+1", "2+2"));
+    let pane = t
+        .wait_for(WAIT, |p| p.contains("[MASKED:acme]-4"))
+        .unwrap_or_else(|p| panic!("new rule not applied on screen\n{p}\n{}", s.log()));
+    assert!(!pane.contains("acme_abcd1234-4"), "{pane}");
+    t.line("exit");
+    let row = ended_session(&s, "shell");
+    let rec = asciinema_cat(Path::new(row["recording"].as_str().unwrap())).unwrap();
+    assert!(rec.contains("[MASKED:acme]-4"), "{rec}");
+    assert!(!rec.contains("acme_abcd1234-4"), "{rec}");
+    let hits = query_db(
+        &s.db_path(),
+        "SELECT detector FROM mask_hits WHERE detector = 'acme'",
+    );
+    assert!(!hits.is_empty(), "{}", s.log());
+}
+
+#[test]
+fn reload_withdrawing_the_login_principal_ends_the_session() {
+    let s = start(&policy(), "");
+    let u = s.user("alice", &[]);
+    let t = ssh_tt(&s, &u);
+    shell_works(&s, &t, "before");
+    // alice keeps her role, shell and exec, but may now log in as ops-alice only.
+    set_policy(&s, &policy().replace("{subject}", "ops-{subject}"), reloads);
+    let why =
+        "sallyport: session ended: policy reloaded: login 'alice' is no longer a granted principal";
+    t.wait_for(WAIT, |p| p.contains(why))
+        .unwrap_or_else(|p| panic!("no end message on the terminal\n{p}\n{}", s.log()));
+    let row = ended_session(&s, "shell");
+    assert!(killed(&row), "{row:#}");
+    let ev = events(&s, "session-revoked");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(ev[0][3].contains("role 'ops'"), "{ev:?}");
+}
