@@ -44,7 +44,7 @@ pub struct Held {
     pub grant: SessionGrant,
     /// Policy generation `grant` was computed from.
     pub generation: u64,
-    /// When the session started (max duration counts from here).
+    /// When the session's child started (max duration counts from here).
     pub started: Instant,
 }
 

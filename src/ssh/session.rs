@@ -798,7 +798,11 @@ impl Launch {
             bytes_in,
             failed,
             running: self.running,
-            held: self.held,
+            // Max duration counts from now, not from a wait for approval.
+            held: Held {
+                started: tokio::time::Instant::now(),
+                ..self.held
+            },
             mask: self.mask,
         };
         tokio::spawn(tracing::Instrument::instrument(
