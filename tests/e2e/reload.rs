@@ -270,6 +270,25 @@ fn idle_timeout_ends_a_quiet_session() {
 }
 
 #[test]
+fn output_keeps_a_session_from_going_idle() {
+    let s = start(
+        &policy().replace("pty = true", "pty = true\nidle_timeout = \"3s\""),
+        "",
+    );
+    let u = s.user("alice", &[]);
+    // Runs well past the idle timeout, printing every 0.3 s.
+    let r = s
+        .run_ssh(
+            &u,
+            &["for i in $(seq 1 20); do echo tick-$i; sleep 0.3; done"],
+            None,
+        )
+        .success();
+    assert!(r.stdout().contains("tick-20"), "{}", r.explain());
+    assert!(events(&s, "session-limit").is_empty());
+}
+
+#[test]
 fn broken_policy_file_ends_nothing() {
     let s = start(&policy(), "");
     let u = s.user("alice", &[]);
