@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// (loopback TCP through the relay, loaded 2-core box): 16 KiB ~300 MiB/s,
 /// 64 KiB 310-405 MiB/s, 256 KiB ~335 MiB/s; russh splits channel writes
 /// into `maximum_packet_size` packets anyway, so larger buffers buy nothing.
+/// Release build, 64 KiB, load average 8.6: 810-970 MiB/s.
 pub const BUF_SIZE: usize = 64 * 1024;
 
 /// How a relay ended.
