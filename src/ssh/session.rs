@@ -660,6 +660,15 @@ impl Launch {
                         reason: Some(&format!("{id} approved by {by}")),
                     },
                 );
+                // The policy may have been reloaded while we waited: an
+                // approval does not outrank a rule that now denies the
+                // command, and it must not run even for a moment.
+                if let Some(why) = self.denied_since_start() {
+                    tracing::info!("approved exec refused: {why}");
+                    refuse_on_channel(&handle, ch, &format!("sallyport: blocked: {why}\n")).await;
+                    self.refused(&shown, &why, "command-blocked", "blocked");
+                    return;
+                }
                 if self.launch(in_rx, queued, ctl_rx).is_err() {
                     refuse_on_channel(&handle, ch, "sallyport: the command could not be started\n")
                         .await;
@@ -677,6 +686,20 @@ impl Launch {
         tracing::info!("exec not approved: {why}");
         refuse_on_channel(&handle, ch, &format!("sallyport: blocked: {why}\n")).await;
         self.refused(&shown, &why, "command-blocked", "blocked");
+    }
+
+    /// `Some(why)` when a policy reload since the session was requested
+    /// took its grant away (see [`reload::recheck`]). A reload that keeps
+    /// it is left to the session task, which re-checks (limits, masking)
+    /// as soon as it runs.
+    fn denied_since_start(&self) -> Option<String> {
+        if self.shared.policy.generation() == self.held.generation {
+            return None;
+        }
+        let policy = self.shared.policy.current();
+        reload::recheck(&policy, &self.held, |t| self.mask.mask_text(t))
+            .err()
+            .map(|r| format!("policy reloaded: {} ({})", r.why, r.rule))
     }
 
     /// Spawn the child, open the session row and start the session task.

@@ -420,3 +420,60 @@ fn reload_withdrawing_the_login_principal_ends_the_session() {
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert!(ev[0][3].contains("role 'ops'"), "{ev:?}");
 }
+
+#[test]
+fn an_exec_approved_after_a_reload_that_denies_it_never_runs() {
+    let s = start(
+        &policy().replace(
+            "allow = [\"*\"]\n",
+            "allow = [\"*\"]\napprove = [\"touch *needs-ok*\"]\n",
+        ),
+        "",
+    );
+    let u = s.user("alice", &[]);
+    let file = s.dir.path().join("needs-ok-1");
+    let mut client = Proc::spawn(
+        "ssh-approve",
+        s.ssh(&u, &[&format!("touch {}", file.display())]),
+        s.dir.path(),
+    );
+    let id = wait_for(WAIT, || {
+        let rows = query_db(
+            &s.db_path(),
+            "SELECT id FROM approvals WHERE status = 'pending'",
+        );
+        rows.into_iter().next().map(|r| r[0].clone())
+    })
+    .unwrap_or_else(|| panic!("no pending approval\n{}", s.log()));
+
+    set_policy(
+        &s,
+        &policy().replace(
+            "allow = [\"*\"]\n",
+            "allow = [\"*\"]\ndeny = [\"touch *\"]\n",
+        ),
+        reloads,
+    );
+    s.cli(&["approvals", "approve", &id, "--as", "bob"])
+        .success();
+
+    let st = client
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|| panic!("ssh still running\n{}", s.log()));
+    assert_eq!(st.code(), Some(126), "{}", client.log());
+    let out = client.log();
+    assert!(
+        out.contains("sallyport: blocked: policy reloaded: the command is now denied (")
+            && out.contains("exec.deny 'touch *'"),
+        "{out}"
+    );
+    assert!(!file.exists(), "the command ran");
+    let ev = query_db(
+        &s.db_path(),
+        "SELECT reason FROM events WHERE kind = 'command-blocked'",
+    );
+    assert!(
+        ev.iter().any(|r| r[0].starts_with("policy reloaded:")),
+        "{ev:?}"
+    );
+}
