@@ -13,9 +13,10 @@
 //! allowed picks up: `max_duration` (counted from the session start),
 //! `idle_timeout`, and the output masking rules (applied to output from the
 //! reload on). What it keeps: `record_input` (the recording's shape is fixed
-//! at start), `strict` and exec rules for lines typed later are the input
-//! guard's business (it asks the live policy each time), and the
-//! certificate keeps its TTL. Forwards are checked per channel open only.
+//! at start); `strict` and exec rules for lines typed later are for the
+//! interactive line guard to check per line against the policy in force;
+//! the certificate keeps its TTL. Forwards are checked per channel open
+//! only; an exec still waiting for approval is re-checked when approved.
 
 use std::sync::Mutex;
 use std::time::Duration;
