@@ -1,5 +1,7 @@
-//! `sallyport ca`: show the CA public keys (for sshd's TrustedUserCAKeys and
-//! clients' known_hosts), sign a user certificate by hand, export a KRL.
+//! `sallyport ca`: create the CA keys, show the CA public keys (for sshd's
+//! TrustedUserCAKeys and clients' known_hosts), sign a user certificate by
+//! hand, export a KRL. Only `init` (and `serve`) create keys; the others
+//! load existing ones, so a wrong data dir is an error rather than a new CA.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +16,9 @@ use crate::identity::{Identity, Kind};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Create the CA and host keys in the data dir if they do not exist yet
+    /// (`serve` does the same on its first start), and print the public lines.
+    Init,
     /// Print the user CA public key (a TrustedUserCAKeys line) and a
     /// `@cert-authority` known_hosts line for the host CA.
     Show(ShowArgs),
@@ -93,15 +98,45 @@ pub struct SignArgs {
 
 pub async fn run(g: &Global, cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
+        Command::Init => init(g),
         Command::Show(a) => show(g, a),
         Command::Sign(a) => sign(g, a),
         Command::Krl(a) => krl(g, a),
     }
 }
 
+/// The CA keys of the configured data dir, which must exist: signing with
+/// (or showing) a CA made up on the spot would only fail later, at sshd.
+fn existing_ca(cfg: &crate::config::Config) -> anyhow::Result<crate::ca::CaKeys> {
+    let dir = cfg.data_dir.join("keys");
+    let user_ca = dir.join(crate::ca::keys::USER_CA);
+    if !user_ca.exists() {
+        anyhow::bail!(
+            "no CA keys: {} does not exist; run `sallyport ca init` (or start `sallyport serve` once) with this configuration to create them, or point --config / --data-dir at the server's data dir",
+            user_ca.display()
+        );
+    }
+    crate::ca::CaKeys::load_existing(&dir)
+        .with_context(|| format!("cannot load the CA keys in {}", dir.display()))
+}
+
+fn init(g: &Global) -> anyhow::Result<ExitCode> {
+    let cfg = g.load_config()?;
+    let dir = cfg.data_dir.join("keys");
+    let existed = dir.join(crate::ca::keys::USER_CA).exists();
+    let keys = open_ca(&cfg)?;
+    if existed {
+        eprintln!("CA keys already present in {} (unchanged)", dir.display());
+    } else {
+        eprintln!("created CA and host keys in {}", dir.display());
+    }
+    println!("{}", keys.user_ca_line()?);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn show(g: &Global, a: ShowArgs) -> anyhow::Result<ExitCode> {
     let cfg = g.load_config()?;
-    let keys = open_ca(&cfg)?;
+    let keys = existing_ca(&cfg)?;
     let user = keys.user_ca_line()?;
     let hosts = keys.known_hosts_line(&a.hosts)?;
     if a.json {
@@ -128,7 +163,7 @@ fn sign(g: &Global, a: SignArgs) -> anyhow::Result<ExitCode> {
             a.public_key.display()
         )
     })?;
-    let keys = open_ca(&cfg)?;
+    let keys = existing_ca(&cfg)?;
     let store = open_store(&cfg)?;
     let identity = Identity {
         issuer: "local".into(),
@@ -213,8 +248,7 @@ fn sign(g: &Global, a: SignArgs) -> anyhow::Result<ExitCode> {
 
 fn krl(g: &Global, a: KrlArgs) -> anyhow::Result<ExitCode> {
     let cfg = g.load_config()?;
-    let keys = crate::ca::CaKeys::load_existing(&cfg.data_dir.join("keys"))
-        .context("cannot load the CA keys (has `sallyport serve` run with this data dir?)")?;
+    let keys = existing_ca(&cfg)?;
     let store = open_store(&cfg)?;
     let revoked = store.revoked().context("cannot read revocations")?;
     let now = crate::ca::keys::unix_now();

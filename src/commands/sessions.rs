@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{Global, open_store};
+use crate::audit::approvals::ApprovalRow;
 use crate::audit::events::EventRow;
 use crate::audit::sessions::SessionRow;
 
@@ -102,111 +103,111 @@ fn is_blocked(e: &EventRow) -> bool {
     e.decision.as_deref() == Some("deny") || e.kind.contains("blocked")
 }
 
-fn show(store: &crate::audit::Store, a: &ShowArgs) -> anyhow::Result<()> {
-    let s = find(store, &a.id)?;
-    let events = store.session_events(&s.id)?;
-    let approvals = store.session_approvals(&s.id)?;
-    let hits: Vec<MaskHit> = store
-        .mask_hits(&s.id)?
-        .into_iter()
-        .map(|(at, source, detector, offset)| MaskHit {
-            at,
-            source,
-            detector,
-            offset,
+/// Everything `sessions show` prints, built once and printed as JSON or
+/// as text.
+#[derive(Debug, serde::Serialize)]
+struct SessionView {
+    session: SessionRow,
+    /// The events the guard stopped (a subset of `events`).
+    blocked: Vec<EventRow>,
+    approvals: Vec<ApprovalRow>,
+    mask_hits: Vec<MaskHit>,
+    events: Vec<EventRow>,
+}
+
+impl SessionView {
+    fn load(store: &crate::audit::Store, id: &str) -> anyhow::Result<Self> {
+        let session = find(store, id)?;
+        let events = store.session_events(&session.id)?;
+        let approvals = store.session_approvals(&session.id)?;
+        let mask_hits = store
+            .mask_hits(&session.id)?
+            .into_iter()
+            .map(|(at, source, detector, offset)| MaskHit {
+                at,
+                source,
+                detector,
+                offset,
+            })
+            .collect();
+        let blocked = events.iter().filter(|e| is_blocked(e)).cloned().collect();
+        Ok(Self {
+            session,
+            blocked,
+            approvals,
+            mask_hits,
+            events,
         })
-        .collect();
-    let blocked: Vec<&EventRow> = events.iter().filter(|e| is_blocked(e)).collect();
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "session": s,
-                "blocked": blocked,
-                "approvals": approvals,
-                "mask_hits": hits,
-                "events": events,
-            }))?
-        );
-        return Ok(());
     }
-    let v = serde_json::to_value(&s)?;
-    if let Some(m) = v.as_object() {
-        for (k, v) in m {
-            let shown = match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => "-".into(),
-                other => other.to_string(),
-            };
-            println!("{k:>14}  {shown}");
+
+    fn print_text(&self) -> anyhow::Result<()> {
+        let v = serde_json::to_value(&self.session)?;
+        if let Some(m) = v.as_object() {
+            for (k, v) in m {
+                let shown = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "-".into(),
+                    other => other.to_string(),
+                };
+                println!("{k:>14}  {shown}");
+            }
         }
-    }
-    println!("\nblocked commands:");
-    if blocked.is_empty() {
-        println!("  (none)");
-    }
-    for e in &blocked {
-        println!(
-            "  {}  {}  {}{}",
-            e.at,
-            e.kind,
-            e.detail,
-            e.reason
-                .as_deref()
-                .map(|r| format!("  ({r})"))
-                .unwrap_or_default()
-        );
-    }
-    println!("\napprovals:");
-    if approvals.is_empty() {
-        println!("  (none)");
-    }
-    for r in &approvals {
-        let decided = match (&r.decided_at, &r.decided_by) {
-            (Some(at), Some(by)) => format!(" by {by} at {at}"),
-            (Some(at), None) => format!(" at {at}"),
-            _ => String::new(),
-        };
-        println!(
-            "  {}  {}  {}  {}  {}{decided}{}",
-            r.created_at,
-            r.id,
-            r.kind,
-            r.request,
-            r.status,
-            r.decision_note
+        section("blocked commands", &self.blocked, event_line);
+        section("approvals", &self.approvals, |r| {
+            let decided = match (&r.decided_at, &r.decided_by) {
+                (Some(at), Some(by)) => format!(" by {by} at {at}"),
+                (Some(at), None) => format!(" at {at}"),
+                _ => String::new(),
+            };
+            let note = r
+                .decision_note
                 .as_deref()
                 .map(|n| format!(" ({n})"))
-                .unwrap_or_default()
-        );
+                .unwrap_or_default();
+            format!(
+                "{}  {}  {}  {}  {}{decided}{note}",
+                r.created_at, r.id, r.kind, r.request, r.status
+            )
+        });
+        section("masking hits", &self.mask_hits, |h| {
+            format!(
+                "{}  {}  {} at byte {}",
+                h.at, h.source, h.detector, h.offset
+            )
+        });
+        section("events", &self.events, event_line);
+        Ok(())
     }
-    println!("\nmasking hits:");
-    if hits.is_empty() {
+}
+
+/// A titled list, one item per line, `(none)` when empty.
+fn section<T>(title: &str, items: &[T], line: impl Fn(&T) -> String) {
+    println!("\n{title}:");
+    if items.is_empty() {
         println!("  (none)");
     }
-    for h in &hits {
-        println!(
-            "  {}  {}  {} at byte {}",
-            h.at, h.source, h.detector, h.offset
-        );
+    for i in items {
+        println!("  {}", line(i));
     }
-    println!("\nevents:");
-    if events.is_empty() {
-        println!("  (none)");
+}
+
+fn event_line(e: &EventRow) -> String {
+    let reason = e
+        .reason
+        .as_deref()
+        .map(|r| format!("  ({r})"))
+        .unwrap_or_default();
+    format!("{}  {}  {}{reason}", e.at, e.kind, e.detail)
+}
+
+fn show(store: &crate::audit::Store, a: &ShowArgs) -> anyhow::Result<()> {
+    let view = SessionView::load(store, &a.id)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        Ok(())
+    } else {
+        view.print_text()
     }
-    for e in &events {
-        println!(
-            "  {}  {}  {}{}",
-            e.at,
-            e.kind,
-            e.detail,
-            e.reason
-                .as_deref()
-                .map(|r| format!("  ({r})"))
-                .unwrap_or_default()
-        );
-    }
-    Ok(())
 }
 
 /// One masking hit as `sessions show` prints it (never the secret).

@@ -10,6 +10,8 @@
 //!   and global requests, each refusal audited.
 //! - [`masking`]: a session's secret masking (from its policy grant) and
 //!   the per-channel output masker behind the output seam.
+//! - [`reload`]: what a running session holds from policy, re-checked when
+//!   the policy is reloaded; the session limits (max duration, idle).
 //! - [`session`]: one task per shell/exec channel that pumps bytes between
 //!   the child and the client through the two seams the masker and the
 //!   command guard plug into ([`session::OutputSeam`], [`session::InputSeam`]).
@@ -32,6 +34,7 @@ use crate::shell::Account;
 pub mod accept;
 pub mod handler;
 pub mod masking;
+pub mod reload;
 pub mod session;
 
 /// Errors of the SSH server.

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::handler::Authed;
 use super::masking::{OutputMask, Passed, SessionMask};
+use super::reload::{self, Held};
 use crate::audit::Store;
 use crate::audit::events::Event;
 use crate::audit::sessions::{SessionEnd, SessionStart};
@@ -111,6 +112,7 @@ impl Control {
     pub async fn input(&self, i: Input) {
         if let Input::Data(d) = &i {
             self.queued.bytes.fetch_add(d.len(), Ordering::AcqRel);
+            self.queued.activity.touch();
         }
         if self.input.send(i).is_err() {
             return;
@@ -135,6 +137,8 @@ impl Control {
 struct Queued {
     bytes: std::sync::atomic::AtomicUsize,
     drained: tokio::sync::Notify,
+    /// Last client input, for the idle timeout.
+    activity: reload::Activity,
 }
 
 impl Queued {
@@ -197,6 +201,14 @@ impl OutputSeam {
     /// Secrets masked in this session so far (output and command).
     pub fn hits(&self) -> u64 {
         self.mask.hits() + self.other_hits
+    }
+
+    /// Mask output from now on with `mask` (new rules after a policy
+    /// reload). Call [`Self::flush`] first: what the old masker holds back
+    /// is masked by the old rules.
+    fn replace_mask(&mut self, mask: OutputMask) {
+        self.other_hits += self.mask.hits();
+        self.mask = mask;
     }
 
     fn pass(&self, p: &Passed, stderr: bool) -> Result<(), record::Error> {
@@ -286,6 +298,9 @@ pub fn start(
 ) -> Result<Control, Refused> {
     let _conn = req.span.clone().entered();
     let identity = &req.authed.identity;
+    // Generation first: a reload in between makes the session re-check
+    // once more, never miss one.
+    let generation = shared.policy.generation();
     let policy = shared.policy.current();
     let grant = policy.session(identity);
     let mask = match SessionMask::new(&grant) {
@@ -391,6 +406,14 @@ pub fn start(
             return Err(Refused::Failure);
         }
     };
+    let held = Held::new(
+        &policy,
+        generation,
+        identity,
+        &req.authed.user,
+        command.clone(),
+        grant.clone(),
+    );
     let launch = Launch {
         shared: Arc::clone(shared),
         span: span.clone(),
@@ -410,6 +433,7 @@ pub fn start(
         handle,
         running,
         mask: mask.clone(),
+        held,
     };
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let queued = Arc::new(Queued::default());
@@ -490,6 +514,8 @@ struct Launch {
     running: watch::Sender<usize>,
     /// The session's masking (output streams, typed lines, audit text).
     mask: SessionMask,
+    /// What policy granted, re-checked on reload.
+    held: Held,
 }
 
 impl Launch {
@@ -634,6 +660,15 @@ impl Launch {
                         reason: Some(&format!("{id} approved by {by}")),
                     },
                 );
+                // The policy may have been reloaded while we waited: an
+                // approval does not outrank a rule that now denies the
+                // command, and it must not run even for a moment.
+                if let Some(why) = self.denied_since_start() {
+                    tracing::info!("approved exec refused: {why}");
+                    refuse_on_channel(&handle, ch, &format!("sallyport: blocked: {why}\n")).await;
+                    self.refused(&shown, &why, "command-blocked", "blocked");
+                    return;
+                }
                 if self.launch(in_rx, queued, ctl_rx).is_err() {
                     refuse_on_channel(&handle, ch, "sallyport: the command could not be started\n")
                         .await;
@@ -651,6 +686,20 @@ impl Launch {
         tracing::info!("exec not approved: {why}");
         refuse_on_channel(&handle, ch, &format!("sallyport: blocked: {why}\n")).await;
         self.refused(&shown, &why, "command-blocked", "blocked");
+    }
+
+    /// `Some(why)` when a policy reload since the session was requested
+    /// took its grant away (see [`reload::recheck`]). A reload that keeps
+    /// it is left to the session task, which re-checks (limits, masking)
+    /// as soon as it runs.
+    fn denied_since_start(&self) -> Option<String> {
+        if self.shared.policy.generation() == self.held.generation {
+            return None;
+        }
+        let policy = self.shared.policy.current();
+        reload::recheck(&policy, &self.held, |t| self.mask.mask_text(t))
+            .err()
+            .map(|r| format!("policy reloaded: {} ({})", r.why, r.rule))
     }
 
     /// Spawn the child, open the session row and start the session task.
@@ -772,6 +821,12 @@ impl Launch {
             bytes_in,
             failed,
             running: self.running,
+            // Max duration counts from now, not from a wait for approval.
+            held: Held {
+                started: tokio::time::Instant::now(),
+                ..self.held
+            },
+            mask: self.mask,
         };
         tokio::spawn(tracing::Instrument::instrument(
             task.run(child, input, in_rx, queued, ctl_rx),
@@ -864,6 +919,10 @@ struct Task {
     /// Cancelled when recording fails mid-session.
     failed: CancellationToken,
     running: watch::Sender<usize>,
+    /// What policy granted; re-checked when the policy is reloaded.
+    held: Held,
+    /// The session's masking in force (replaced when a reload changes it).
+    mask: SessionMask,
 }
 
 enum Out {
@@ -946,7 +1005,18 @@ impl Task {
             }
         };
         drop(out_tx);
+        let pty = pty_master.is_some();
+        let activity = Arc::clone(&queued);
         let input_task = tokio::spawn(input_loop(seam, in_rx, queued, sink, self.failed.clone()));
+        // One watch receiver per session: a reload wakes it, and a reload
+        // that happened before the task started (e.g. while an exec waited
+        // for approval) is re-checked at once.
+        let mut policy_rx = self.shared.policy.subscribe();
+        if policy_rx.borrow_and_update().generation != self.held.generation {
+            policy_rx.mark_changed();
+        }
+        let mut policy_open = true;
+        let mut last_output = tokio::time::Instant::now();
 
         let mut exit: Option<Exit> = None;
         let mut out_open = true;
@@ -964,9 +1034,17 @@ impl Task {
                 drain_deadline = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
             }
             let flush_at = self.output.flush_at();
+            let running = exit.is_none() && !killed;
+            let deadline = self.held.deadline();
+            let idle_at = reload::idle_deadline(
+                self.held.grant.idle_timeout,
+                last_output,
+                activity.activity.last_input(),
+            );
             tokio::select! {
                 m = out_rx.recv(), if out_open => match m {
                     Some(Out::Data(b, stderr)) => {
+                        last_output = tokio::time::Instant::now();
                         if !self.send_output(b, stderr).await && end_reason.is_none() {
                             end_reason = Some("client gone".into());
                             kill(pid, group, &mut killed);
@@ -1014,6 +1092,40 @@ impl Task {
                 _ = failed.cancelled(), if !killed => {
                     end_reason.get_or_insert_with(|| "recording failed".into());
                     kill(pid, group, &mut killed);
+                }
+                r = policy_rx.changed(), if policy_open && running => match r {
+                    Ok(()) => {
+                        let generation = policy_rx.borrow_and_update().generation;
+                        if let Some(why) = self.policy_reloaded(generation, pty).await {
+                            end_reason.get_or_insert(why);
+                            kill(pid, group, &mut killed);
+                        }
+                    }
+                    Err(_) => policy_open = false,
+                },
+                _ = sleep_until_opt(deadline), if running && deadline.is_some() => {
+                    let limit = self.held.grant.max_duration.map(reload::human).unwrap_or_default();
+                    let why = self
+                        .end_by_policy(pty, "session-limit", &format!("max duration {limit} reached"), None)
+                        .await;
+                    end_reason.get_or_insert(why);
+                    kill(pid, group, &mut killed);
+                }
+                _ = sleep_until_opt(idle_at), if running && idle_at.is_some() => {
+                    // Input may have come since `idle_at` was computed.
+                    let now_due = reload::idle_deadline(
+                        self.held.grant.idle_timeout,
+                        last_output,
+                        activity.activity.last_input(),
+                    );
+                    if now_due.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                        let limit = self.held.grant.idle_timeout.map(reload::human).unwrap_or_default();
+                        let why = self
+                            .end_by_policy(pty, "session-limit", &format!("idle for {limit}"), None)
+                            .await;
+                        end_reason.get_or_insert(why);
+                        kill(pid, group, &mut killed);
+                    }
                 }
                 _ = sleep_until_opt(drain_deadline), if out_open => {
                     // A background process still holds the terminal or pipes.
@@ -1137,6 +1249,101 @@ impl Task {
             .shared
             .store
             .session_resized(&self.session_id, cols, rows);
+    }
+
+    /// The policy was reloaded (now at `generation`): re-check what this
+    /// session holds. `Some(reason)` when it must end (the client, the
+    /// recording and the audit log have been told); otherwise the new
+    /// limits and masking apply from now on.
+    async fn policy_reloaded(&mut self, generation: u64, pty: bool) -> Option<String> {
+        if generation == self.held.generation {
+            return None;
+        }
+        let policy = self.shared.policy.current();
+        let mask = self.mask.clone();
+        let grant = match reload::recheck(&policy, &self.held, |t| mask.mask_text(t)) {
+            Ok(g) => g,
+            Err(r) => {
+                let detail = format!("policy reloaded: {}", r.why);
+                return Some(
+                    self.end_by_policy(pty, "session-revoked", &detail, Some(&r.rule))
+                        .await,
+                );
+            }
+        };
+        if self.held.mask_changed(&grant) {
+            match SessionMask::new(&grant) {
+                Ok(m) => {
+                    // Held-back output is released under the old rules;
+                    // output from here on gets the new ones.
+                    self.flush_output().await;
+                    self.output.replace_mask(m.output());
+                    self.mask = m;
+                }
+                Err(e) => {
+                    let detail =
+                        format!("policy reloaded: the new masking rules cannot be used ({e})");
+                    return Some(
+                        self.end_by_policy(pty, "session-revoked", &detail, Some(&grant.reason))
+                            .await,
+                    );
+                }
+            }
+        }
+        tracing::info!(
+            generation,
+            max_duration = ?grant.max_duration,
+            idle_timeout = ?grant.idle_timeout,
+            "policy reloaded: session still allowed ({})",
+            grant.reason
+        );
+        self.held.grant = grant;
+        self.held.generation = generation;
+        None
+    }
+
+    /// End the session for a policy reason: a message on the client's
+    /// stderr, an "m" marker in the recording, an audit event. `rule` is the
+    /// new policy's reason (limits name the grant's roles). Returns the
+    /// session row's end reason. The caller kills the child.
+    async fn end_by_policy(
+        &mut self,
+        pty: bool,
+        kind: &str,
+        detail: &str,
+        rule: Option<&str>,
+    ) -> String {
+        let rule = rule.unwrap_or(&self.held.grant.reason).to_string();
+        let text = format!("{detail} ({rule})");
+        tracing::info!("session ended: {text}");
+        // A pty shows stderr on the terminal: start on a fresh line.
+        let message = if pty {
+            format!("\r\nsallyport: session ended: {text}\r\n")
+        } else {
+            format!("sallyport: session ended: {text}\n")
+        };
+        let _ = self
+            .handle
+            .extended_data(self.channel, 1, Bytes::from(message))
+            .await;
+        if let Err(e) = with_recorder(&self.output.recorder, |r| {
+            r.marker(&format!("session ended: {text}"))
+        }) {
+            tracing::error!(error = %e, "cannot write the marker");
+        }
+        event(
+            &self.shared,
+            Event {
+                connection_id: Some(&self.conn_id),
+                session_id: Some(&self.session_id),
+                kind,
+                subject: Some(&self.subject),
+                detail,
+                decision: Some("deny"),
+                reason: Some(&rule),
+            },
+        );
+        text
     }
 
     fn recording_failed(&mut self, e: &record::Error) {

@@ -320,15 +320,7 @@ impl ForwardContext {
             // The API server reaches pods; the bastion never connects to them.
             resolve::Target::Pod { .. } | resolve::Target::Service { .. } => Vec::new(),
         };
-        let shown_addrs = || {
-            (!addrs.is_empty()).then(|| {
-                addrs
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-        };
+        let shown_addrs = || joined(&addrs);
         let policy = f.policy.current();
         let req = ForwardRequest {
             kind: ForwardKind::Local,
@@ -390,6 +382,81 @@ impl ForwardContext {
     }
 }
 
+/// `a,b,c` for audit rows; `None` when nothing was resolved.
+fn joined(addrs: &[SocketAddr]) -> Option<String> {
+    (!addrs.is_empty()).then(|| {
+        addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+/// One `direct-tcpip` channel's audit trail: a refusal (row, log line,
+/// open failure to the client) or an opened forward's row, opened and closed.
+struct ChannelAudit<'a> {
+    ctx: &'a ForwardContext,
+    target: &'a str,
+    span: &'a tracing::Span,
+}
+
+impl ChannelAudit<'_> {
+    /// Audit and log `r`, then refuse the channel with its code.
+    async fn refuse(&self, reply: ChannelOpenHandle, r: Refusal) {
+        let decision = r.decision.to_string();
+        let nf = NewForward {
+            connection_id: &self.ctx.connection_id,
+            subject: Some(&self.ctx.identity.subject),
+            kind: "local",
+            target: self.target,
+            resolved: r.resolved.as_deref(),
+            decision: &decision,
+            reason: &r.reason,
+        };
+        if let Err(e) = self.ctx.forwarder.audit.forward_refused(&nf, &r.end) {
+            tracing::error!(parent: self.span, error = %e, "cannot audit forward");
+        }
+        tracing::info!(parent: self.span, decision = %decision, reason = %r.reason, end = %r.end, "forward refused");
+        reply.reject(r.code).await;
+    }
+
+    /// The forward's row, before the channel is confirmed (`None`: the
+    /// audit failed and was logged; the forward still runs, like every
+    /// other audit write here).
+    fn opened(&self, resolved: &str, decision: &Decision) -> Option<String> {
+        let nf = NewForward {
+            connection_id: &self.ctx.connection_id,
+            subject: Some(&self.ctx.identity.subject),
+            kind: "local",
+            target: self.target,
+            resolved: Some(resolved),
+            decision: &decision.verdict.to_string(),
+            reason: &decision.reason,
+        };
+        match self.ctx.forwarder.audit.forward_open(&nf) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(parent: self.span, error = %e, "cannot audit forward");
+                None
+            }
+        }
+    }
+
+    /// Close the row made by [`Self::opened`].
+    fn closed(&self, id: Option<String>, up: u64, down: u64, end: &str) {
+        if let Some(id) = id
+            && let Err(e) = self
+                .ctx
+                .forwarder
+                .audit
+                .forward_close(&id, None, up, down, end)
+        {
+            tracing::error!(parent: self.span, error = %e, "cannot audit forward");
+        }
+    }
+}
+
 /// Apply the address checks to a policy decision: a deny stays a deny
 /// (`Err(reason)`); an allow/approve survives only if no resolved address is
 /// protected, or every protected one is named by an explicit rule
@@ -423,28 +490,24 @@ fn screen(
 /// channel until the client closes it (each request audited in
 /// `kube_requests`; the channel itself is a `forwards` row).
 async fn kube_api_channel(
-    ctx: &ForwardContext,
+    audit: &ChannelAudit<'_>,
     channel: russh::Channel<Msg>,
     reply: ChannelOpenHandle,
-    target: &str,
-    span: &tracing::Span,
-    refuse: impl Fn(Refusal) -> ChannelOpenFailure,
 ) {
+    let ctx = audit.ctx;
     let f = &ctx.forwarder;
     const RESOLVED: &str = "kube-api-proxy";
     if !ctx.permit_port_forwarding {
-        let code = refuse(Refusal::deny("certificate lacks permit-port-forwarding"));
-        reply.reject(code).await;
-        return;
+        let r = Refusal::deny("certificate lacks permit-port-forwarding");
+        return audit.refuse(reply, r).await;
     }
     let decision = f.kube_api.admit(&ctx.identity);
     if !decision.is_allow() {
-        let code = refuse(Refusal {
+        let r = Refusal {
             resolved: Some(RESOLVED.into()),
             ..Refusal::deny(decision.reason)
-        });
-        reply.reject(code).await;
-        return;
+        };
+        return audit.refuse(reply, r).await;
     }
     let kctx = match f
         .kube_api
@@ -453,47 +516,25 @@ async fn kube_api_channel(
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(parent: span, error = %e, "Kubernetes API proxy unavailable");
-            let code = refuse(Refusal {
+            tracing::warn!(parent: audit.span, error = %e, "Kubernetes API proxy unavailable");
+            let r = Refusal {
                 code: ChannelOpenFailure::ConnectFailed,
                 decision: decision.verdict,
                 reason: decision.reason.clone(),
                 resolved: Some(RESOLVED.into()),
                 end: format!("connect failed: {e}"),
-            });
-            reply.reject(code).await;
-            return;
+            };
+            return audit.refuse(reply, r).await;
         }
     };
-    let nf = NewForward {
-        connection_id: &ctx.connection_id,
-        subject: Some(&ctx.identity.subject),
-        kind: "local",
-        target,
-        resolved: Some(RESOLVED),
-        decision: &decision.verdict.to_string(),
-        reason: &decision.reason,
-    };
-    let id = match f.audit.forward_open(&nf) {
-        Ok(id) => Some(id),
-        Err(e) => {
-            tracing::error!(parent: span, error = %e, "cannot audit forward");
-            None
-        }
-    };
+    let id = audit.opened(RESOLVED, &decision);
     reply.accept().await;
-    tracing::info!(parent: span, reason = %decision.reason, "Kubernetes API proxy channel open");
+    tracing::info!(parent: audit.span, reason = %decision.reason, "Kubernetes API proxy channel open");
     let (stream, counts) = api_target::Counted::new(channel.into_stream());
     kubeapi::serve_connection(stream, kctx).await;
     let (up, down) = counts.get();
-    tracing::info!(parent: span, up, down, "Kubernetes API proxy channel closed");
-    if let Some(id) = id
-        && let Err(e) = f
-            .audit
-            .forward_close(&id, None, up, down, "kube API session ended")
-    {
-        tracing::error!(parent: span, error = %e, "cannot audit forward");
-    }
+    tracing::info!(parent: audit.span, up, down, "Kubernetes API proxy channel closed");
+    audit.closed(id, up, down, "kube API session ended");
 }
 
 /// resolve → policy → connect → accept → relay → audit, for one channel.
@@ -514,93 +555,53 @@ pub async fn handle_direct_tcpip(
         target = %target,
         from = %format!("{}:{}", originator.address, originator.port),
     );
-    let refuse = |r: Refusal| {
-        let decision = r.decision.to_string();
-        let nf = NewForward {
-            connection_id: &ctx.connection_id,
-            subject: Some(&ctx.identity.subject),
-            kind: "local",
-            target: &target,
-            resolved: r.resolved.as_deref(),
-            decision: &decision,
-            reason: &r.reason,
-        };
-        if let Err(e) = f.audit.forward_refused(&nf, &r.end) {
-            tracing::error!(parent: &span, error = %e, "cannot audit forward");
-        }
-        tracing::info!(parent: &span, decision = %decision, reason = %r.reason, end = %r.end, "forward refused");
-        r.code
+    let audit = ChannelAudit {
+        ctx: &ctx,
+        target: &target,
+        span: &span,
     };
 
     // The cap first: a flood of opens costs one semaphore check each.
     let Ok(permit) = Arc::clone(&ctx.slots).try_acquire_owned() else {
-        let code = refuse(Refusal {
+        let r = Refusal {
             code: ChannelOpenFailure::ResourceShortage,
             ..Refusal::deny(format!(
                 "too many forwards open on this connection (forward.max_per_connection = {})",
                 f.max_per_connection
             ))
-        });
-        reply.reject(code).await;
-        return;
+        };
+        return audit.refuse(reply, r).await;
     };
 
     // The Kubernetes API target is not a TCP destination: the channel
     // carries HTTP that the proxy serves and checks request by request.
     if f.kube_api.matches(&host, port) {
-        kube_api_channel(&ctx, channel, reply, &target, &span, refuse).await;
+        kube_api_channel(&audit, channel, reply).await;
         drop(permit);
         return;
     }
 
     let plan = match ctx.plan(&host, port).await {
         Ok(p) => p,
-        Err(r) => {
-            let code = refuse(r);
-            reply.reject(code).await;
-            return;
-        }
+        Err(r) => return audit.refuse(reply, r).await,
     };
     let connected =
         connect::target(&f.kube, &plan.parsed.target, &plan.addrs, f.connect_timeout).await;
     let connected = match connected {
         Ok(c) => c,
         Err(e) => {
-            let resolved = (!plan.addrs.is_empty()).then(|| {
-                plan.addrs
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            });
-            let code = refuse(Refusal {
+            let r = Refusal {
                 code: ChannelOpenFailure::ConnectFailed,
                 decision: plan.decision.verdict,
                 reason: plan.decision.reason.clone(),
-                resolved,
+                resolved: joined(&plan.addrs),
                 end: format!("connect failed: {e}"),
-            });
-            reply.reject(code).await;
-            return;
+            };
+            return audit.refuse(reply, r).await;
         }
     };
 
-    let nf = NewForward {
-        connection_id: &ctx.connection_id,
-        subject: Some(&ctx.identity.subject),
-        kind: "local",
-        target: &target,
-        resolved: Some(&connected.resolved),
-        decision: &plan.decision.verdict.to_string(),
-        reason: &plan.decision.reason,
-    };
-    let id = match f.audit.forward_open(&nf) {
-        Ok(id) => Some(id),
-        Err(e) => {
-            tracing::error!(parent: &span, error = %e, "cannot audit forward");
-            None
-        }
-    };
+    let id = audit.opened(&connected.resolved, &plan.decision);
     // Confirm before relaying: russh sends the confirmation (priority queue)
     // before any data we queue afterwards.
     reply.accept().await;
@@ -619,17 +620,12 @@ pub async fn handle_direct_tcpip(
         end = %outcome.reason,
         "forward closed"
     );
-    if let Some(id) = id
-        && let Err(e) = f.audit.forward_close(
-            &id,
-            None,
-            outcome.bytes_up,
-            outcome.bytes_down,
-            &outcome.reason.to_string(),
-        )
-    {
-        tracing::error!(parent: &span, error = %e, "cannot audit forward");
-    }
+    audit.closed(
+        id,
+        outcome.bytes_up,
+        outcome.bytes_down,
+        &outcome.reason.to_string(),
+    );
     drop(permit);
 }
 
@@ -795,5 +791,72 @@ mod tests {
         assert_eq!(rows[0].target, "0.0.0.0:8080");
         assert_eq!(rows[0].decision, "deny");
         assert_eq!(rows[0].connection_id, "c9");
+    }
+}
+
+/// Kube API channels ask the live policy for every HTTP request: a reload
+/// applies to the next request of a channel opened before it.
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use crate::policy::{KubeRequest, Policy};
+
+    const POLICY: &str = r#"
+[[role]]
+name = "viewers"
+[role.match]
+subject = ["alice"]
+[role.kube]
+allow = [{ verbs = ["get"], resources = ["pods"] }]
+"#;
+
+    #[tokio::test]
+    async fn kube_api_requests_are_decided_by_the_policy_in_force_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kc.yaml");
+        // Never dialled: only the per-request policy question is asked here.
+        std::fs::write(
+            &kc,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: b\ncurrent-context: t\nusers:\n- name: b\n  user:\n    token: t\n",
+        )
+        .unwrap();
+        let p = std::path::Path::new("t.toml");
+        let cfg = crate::config::parse(
+            &format!(
+                "[kube]\napi_target = \"kubernetes:443\"\nkubeconfig = {:?}\n",
+                kc.display().to_string()
+            ),
+            p,
+        )
+        .unwrap()
+        .validate(p, None)
+        .unwrap();
+        let handle = PolicyHandle::new(Policy::from_toml("p.toml", POLICY).unwrap());
+        let f = Forwarder::new(&cfg, handle.clone(), Store::in_memory().unwrap());
+        let alice = Identity {
+            issuer: "local".into(),
+            subject: "alice".into(),
+            ..Default::default()
+        };
+        // The channel's context is made once, when the channel opens.
+        let ctx = f
+            .kube_api
+            .context(&alice, "c1", CancellationToken::new())
+            .await
+            .unwrap();
+        let req = KubeRequest {
+            verb: "get".into(),
+            resource: "pods".into(),
+            namespace: Some("dev".into()),
+            ..Default::default()
+        };
+        let before = ctx.authorizer.kube(&ctx.identity, &req);
+        assert!(before.is_allow(), "{before:?}");
+        handle.replace(
+            Policy::from_toml("p.toml", &POLICY.replace("allow = [{", "deny = [{")).unwrap(),
+        );
+        let after = ctx.authorizer.kube(&ctx.identity, &req);
+        assert_eq!(after.verdict, Verdict::Deny, "{after:?}");
+        assert!(after.reason.contains("kube.deny"), "{}", after.reason);
     }
 }

@@ -1,6 +1,6 @@
 //! From `sallyport login` to a session on sallyport's OWN SSH server: one
 //! `sallyport serve` runs the HTTP API and the bastion together (with the
-//! test IdP as its issuers and `oidc::TEST_POLICY` as its policy dir); the
+//! test IdP as its issuers and `support::policies::OIDC` as its policy dir); the
 //! real CLI logs in (device flow for a person, a projected service-account
 //! token file for an agent), real `ssh -F <written ssh_config> bastion` gets
 //! in with the issued certificate, strict host checking against the host CA
@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::oidc::{Idp, TEST_POLICY};
-use crate::support::{self, Proc, Server, ServerOpts};
+use crate::oidc::Idp;
+use crate::support::{self, Proc, Server, ServerOpts, policies};
 
 /// `sallyport serve` trusting the test IdP, under the OIDC test policy.
 fn server(idp: &Idp, work: &Path) -> Server {
     Server::start_with(ServerOpts {
         config_extra: idp.issuers_toml(work),
-        policies: vec![("oidc.toml".into(), TEST_POLICY.into())],
+        policies: vec![("oidc.toml".into(), policies::OIDC.into())],
         ..Default::default()
     })
 }

@@ -19,27 +19,24 @@ use sallyport::audit::forwards::ForwardRow;
 
 use crate::support::targets::{Hanging, Postgres, Sshd, echo_server, refused_port};
 use crate::support::{
-    Proc, Server, ServerOpts, User, free_port, run_cmd, ssh_base_args, wait_for, wait_port,
+    Proc, Server, ServerOpts, User, free_port, policies, run_cmd, ssh_base_args, wait_for,
+    wait_port,
 };
 
 /// Policy (docs/policy.md format) letting operator-signed identities forward
 /// to the test targets. Protected addresses are *not* named, so they stay
 /// denied even though the names are allowed.
-const POLICY: &str = r#"
-[[role]]
-name = "forwarders"
-[role.match]
-issuer = ["local"]
-[role.grant]
-shell = true
-exec = true
-port_forwarding = true
-[role.exec]
+fn policy() -> String {
+    policies::local_role(
+        "forwarders",
+        "port_forwarding = true\n",
+        r#"[role.exec]
 allow = ["echo *"]
 [role.forward]
 allow = ["testdb:*", "jump:*", "echo:*", "refused:*", "hanging:*", "metadata.test:*", "localhost:*"]
-"#;
-
+"#,
+    )
+}
 fn forwards(s: &Server) -> Vec<ForwardRow> {
     Store::open(&s.db_path())
         .unwrap()
@@ -79,7 +76,7 @@ fn ssh_w(s: &Server, u: &User, target: &str, stdin: &[u8]) -> crate::support::Ru
 fn start(extra: &str) -> Server {
     Server::start_with(ServerOpts {
         config_extra: extra.to_string(),
-        policies: vec![("forward.toml".into(), POLICY.into())],
+        policies: vec![("forward.toml".into(), policy())],
         ..Default::default()
     })
 }

@@ -12,25 +12,20 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const POLICY: &str = r#"
-[[role]]
-name = "guarded"
-[role.match]
-issuer = "local"
-[role.grant]
-principals = ["{subject}"]
-shell = true
-exec = true
-approval_timeout = "4s"
-[role.exec]
+fn policy() -> String {
+    policies::local_role(
+        "guarded",
+        "approval_timeout = \"4s\"\n",
+        r#"[role.exec]
 allow = ["*"]
 deny = ["touch *blocked*", "re:^rm( |$)"]
 approve = ["touch *needs-ok*"]
-"#;
-
+"#,
+    )
+}
 fn start() -> Server {
     Server::start_with(ServerOpts {
-        policies: vec![("guard.toml".into(), POLICY.into())],
+        policies: vec![("guard.toml".into(), policy())],
         ..Default::default()
     })
 }

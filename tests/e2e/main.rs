@@ -11,6 +11,7 @@ mod policy;
 mod support;
 
 mod auth;
+mod ca_cli;
 mod core;
 mod deploy;
 mod forward;
@@ -23,4 +24,5 @@ mod kubewire;
 mod login;
 mod masking;
 mod oidc;
+mod reload;
 mod sessions;

@@ -47,18 +47,11 @@ fn assert_masked(what: &str, text: &str, context: &str) {
 }
 
 fn policy(live: bool, extra_mask: &str) -> String {
-    format!(
-        r#"
-[[role]]
-name = "maskers"
-[role.match]
-issuer = ["local"]
-[role.grant]
-principals = ["{{subject}}"]
-shell = true
-exec = true
-pty = true
-[role.mask]
+    policies::local_role(
+        "maskers",
+        "",
+        &format!(
+            r#"[role.mask]
 live = {live}
 detectors = ["all"]
 {extra_mask}
@@ -66,6 +59,7 @@ detectors = ["all"]
 allow = ["*"]
 deny = ["curl *"]
 "#
+        ),
     )
 }
 

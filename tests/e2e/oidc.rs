@@ -17,51 +17,7 @@ use sallyport::identity::oidc::Verifier;
 use sallyport::policy::{Policy, PolicyHandle};
 use serde_json::{Value, json};
 
-use crate::support::{self, Proc};
-
-/// The policy the OIDC tests run under (docs/policy.md format): people of
-/// the test IdP (`corp`) whose subject starts with a letter get their
-/// subject as login principal, shells and exec, pty, the default TTL (15
-/// min); `contractors` are capped at 5 minutes; agents of the test cluster
-/// get their service-account name as principal, exec, and may act on behalf
-/// of a human. Subjects like `@@@` match no role, so they get nothing.
-pub const TEST_POLICY: &str = r#"
-[[role]]
-name = "corp-people"
-description = "people of the test IdP with a login-like subject"
-[role.match]
-issuer = ["corp"]
-kind = "human"
-subject = ["[a-z]*"]
-[role.grant]
-principals = ["{subject}"]
-shell = true
-exec = true
-pty = true
-[role.exec]
-allow = ["*"]
-
-[[role]]
-name = "contractors"
-[role.match]
-issuer = ["corp"]
-groups = ["contractors"]
-[role.grant]
-principals = ["{subject}"]
-cert_ttl = "5m"
-
-[[role]]
-name = "cluster-agents"
-[role.match]
-issuer = ["cluster"]
-kind = "agent"
-[role.grant]
-principals = ["{service_account}"]
-exec = true
-on_behalf_of = true
-[role.exec]
-allow = ["*"]
-"#;
+use crate::support::{self, Proc, policies};
 
 /// The test IdP process.
 pub struct Idp {
@@ -239,7 +195,7 @@ impl Api {
     }
 
     pub fn start_with(idp: &Idp, limits: Limits, cooldown: Duration, ssh_port: Option<u16>) -> Api {
-        Self::start_full(idp, limits, cooldown, ssh_port, None, TEST_POLICY)
+        Self::start_full(idp, limits, cooldown, ssh_port, None, policies::OIDC)
     }
 
     /// Serve under another policy text (docs/policy.md format).
@@ -255,7 +211,7 @@ impl Api {
             Duration::ZERO,
             None,
             Some((cert.to_path_buf(), key.to_path_buf())),
-            TEST_POLICY,
+            policies::OIDC,
         )
     }
 

@@ -368,6 +368,8 @@ fn policy_test_reads_the_identity_from_a_certificate() {
     let key = tmp.path().join("id_agent");
     keygen(&key);
     let pubkey = format!("{}.pub", key.display());
+    // `ca sign` never creates a CA as a side effect.
+    sallyport(tmp.path(), &["ca", "init"]).success();
     sallyport(
         tmp.path(),
         &[

@@ -6,6 +6,7 @@
 
 pub mod kubeapi;
 pub mod kubeapi_http;
+pub mod policies;
 pub mod targets;
 
 use std::fmt::Write as _;
