@@ -78,8 +78,12 @@ allow = ["sink:$SINK_PORT", "target:$SSHD_PORT_WANTED"]
 TOML
 )" "$(printf '[targets]\nsink = "127.0.0.1:%s"\ntarget = "127.0.0.1:%s"' "$SINK_PORT" "$SSHD_PORT_WANTED")"
 sp_cert
+# Two sshd: the -J target, and the baseline bastion (a separate process, so
+# each bastion's CPU time is its own).
 sshd_start "$SSHD_PORT_WANTED"
-ssh_conf
+TARGET_PORT=$SSHD_PORT
+sshd_start
+ssh_conf "$TARGET_PORT"
 
 run_L() { # cipher via -> MiB/s
     local cipher=$1 via=$2 lport pid fwd

@@ -30,6 +30,7 @@ bench_init() {
     W=$(mktemp -d /tmp/sallyport-bench.XXXXXX)
     chmod 755 "$W"
     PIDS=()
+    CGROUPS=()
     CREATED_USER=
     trap bench_cleanup EXIT
 }
@@ -37,6 +38,7 @@ bench_init() {
 bench_cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    for d in "${CGROUPS[@]}"; do rmdir "$d" 2>/dev/null || true; done
     if [[ -n "$CREATED_USER" ]]; then userdel "$CREATED_USER" 2>/dev/null || true; fi
     if [[ -n "${KEEP:-}" ]]; then echo "kept $W" >&2; else rm -rf "$W"; fi
 }
@@ -89,7 +91,9 @@ $extra
 TOML
     # Redirect, never $(...): the server would hold the substitution's pipe.
     "$SALLYPORT" --config "$SP_CONF" --log warn serve 2> "$W/$name/sallyport.log" &
+    SP_PID=$!
     PIDS+=($!)
+    cg_join "$SP_PID"
     wait_port "$SP_PORT"
 }
 
@@ -110,12 +114,13 @@ sp_cert() {
 # "target". Sets SSHD_PORT.
 sshd_start() {
     SSHD_PORT=${1:-$(free_port)}
-    mkdir -p /run/sshd
-    ssh-keygen -q -t ed25519 -N '' -f "$W/sshd_host_key"
-    cat > "$W/sshd_config" <<CFG
+    local d="$W/sshd-$SSHD_PORT"
+    mkdir -p /run/sshd "$d"
+    ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
+    cat > "$d/sshd_config" <<CFG
 Port $SSHD_PORT
 ListenAddress 127.0.0.1
-HostKey $W/sshd_host_key
+HostKey $d/host_key
 TrustedUserCAKeys $W/user_ca.pub
 AuthorizedKeysFile none
 PasswordAuthentication no
@@ -125,31 +130,38 @@ StrictModes no
 PermitRootLogin yes
 AllowTcpForwarding yes
 MaxStartups 100:30:200
-PidFile $W/sshd.pid
+PidFile $d/sshd.pid
 LogLevel ERROR
 CFG
-    /usr/sbin/sshd -f "$W/sshd_config" -D -e 2> "$W/sshd.log" &
+    /usr/sbin/sshd -f "$d/sshd_config" -D -e 2> "$d/sshd.log" &
+    SSHD_PID=$!
     PIDS+=($!)
+    cg_join "$SSHD_PID"
     wait_port "$SSHD_PORT"
     local k
-    k=$(cut -d' ' -f1,2 "$W/sshd_host_key.pub")
+    k=$(cut -d' ' -f1,2 "$d/host_key.pub")
     echo "[127.0.0.1]:$SSHD_PORT $k" >> "$W/known_hosts"
     echo "[target]:$SSHD_PORT $k" >> "$W/known_hosts"
 }
 
-# ssh_conf: $W/ssh_config with Host sallyport, sshd, target (named, through
-# sallyport's [targets]) and target-ip (the same sshd by address).
+# ssh_conf [TARGET_PORT]: $W/ssh_config with Host sallyport, sshd (at
+# $SSHD_PORT), target (named, through sallyport's [targets]) and target-ip
+# (the same sshd by address) at TARGET_PORT (default $SSHD_PORT).
 ssh_conf() {
+    local tport=${1:-$SSHD_PORT}
     cat > "$W/ssh_config" <<CFG
 Host sallyport
   HostName 127.0.0.1
   Port $SP_PORT
-Host sshd target-ip
+Host sshd
   HostName 127.0.0.1
   Port $SSHD_PORT
+Host target-ip
+  HostName 127.0.0.1
+  Port $tport
 Host target
   HostName target
-  Port $SSHD_PORT
+  Port $tport
 Host *
   User $BUSER
   IdentityFile $W/id
@@ -170,31 +182,94 @@ median() { python3 -c 'import statistics,sys; print(f"{statistics.median(map(flo
 # ratio A B: A/B to two decimals.
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 
-# compare LABEL REPS HIGHER_IS_BETTER CMD...: run "CMD sallyport" and
-# "CMD sshd" alternately REPS times (each prints one number), print a row
-# with both medians and sallyport/sshd. Rows go to stdout; with JSON=1, one
-# JSON object per row instead.
+# Each bastion runs in its own cpuacct cgroup (v1, or none: then the
+# /proc/PID/stat totals of the process and its reaped children, which miss
+# sshd's per-connection grandchildren) so its CPU time per run is exact
+# whatever else the machine does.
+CG_ROOT=/sys/fs/cgroup/cpuacct
+CGROUPS=()
+
+# cg_join PID: move PID (and so its future children) into a new cgroup.
+cg_join() {
+    local d="$CG_ROOT/sallyport-bench-$$-$1"
+    if mkdir "$d" 2>/dev/null && echo "$1" > "$d/cgroup.procs" 2>/dev/null; then
+        CGROUPS+=("$d")
+    fi
+}
+
+# cpu_ms PID: CPU ms used so far by the bastion PID (and its descendants).
+cpu_ms() {
+    local d="$CG_ROOT/sallyport-bench-$$-$1"
+    if [[ -r "$d/cpuacct.usage" ]]; then
+        echo $(($(cat "$d/cpuacct.usage") / 1000000))
+        return
+    fi
+    python3 -c '
+import os, sys
+f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split()
+print(round(sum(int(x) for x in f[11:15]) * 1000 / os.sysconf("SC_CLK_TCK")))' "$1"
+}
+
+# settle PID: wait (up to 5 s) until PID has no child processes left (the
+# connection's processes have exited and their CPU time is accounted).
+settle() {
+    for _ in $(seq 100); do
+        [[ -z "$(pgrep -P "$1" || true)" ]] && return 0
+        sleep 0.05
+    done
+}
+
+# measure VIA CMD...: run "CMD VIA" (prints one number); prints that number
+# and the CPU ms the bastion VIA (sallyport: $SP_PID, sshd: $SSHD_PID) spent.
+measure() {
+    local via=$1 pid c0 v c1
+    shift
+    pid=$SP_PID
+    [[ "$via" == sshd ]] && pid=$SSHD_PID
+    settle "$pid"
+    c0=$(cpu_ms "$pid")
+    v=$("$@" "$via")
+    settle "$pid"
+    c1=$(cpu_ms "$pid")
+    echo "$v $((c1 - c0))"
+}
+
+# compare LABEL REPS UNIT CMD...: run "CMD sallyport" and "CMD sshd"
+# alternately REPS times (each prints one number), print a row with both
+# medians and sallyport/sshd, then the bastion's CPU time per run (median
+# ms; the fairer figure on a loaded machine: it does not depend on how much
+# of the CPU the bench got). Rows go to stdout; with JSON=1, one JSON object
+# per row instead.
 compare() {
     local label=$1 reps=$2 unit=$3
     shift 3
-    local sp=() os=() i
+    local sp=() os=() spc=() osc=() i v c
     for ((i = 0; i < reps; i++)); do
-        sp+=("$("$@" sallyport)")
-        os+=("$("$@" sshd)")
+        read -r v c < <(measure sallyport "$@")
+        sp+=("$v")
+        spc+=("$c")
+        read -r v c < <(measure sshd "$@")
+        os+=("$v")
+        osc+=("$c")
     done
-    local a b
+    local a b ac bc
     a=$(median "${sp[@]}")
     b=$(median "${os[@]}")
+    ac=$(median "${spc[@]}")
+    bc=$(median "${osc[@]}")
     if [[ -n "${JSON:-}" ]]; then
-        printf '{"measure":"%s","unit":"%s","runs":%d,"sallyport":%s,"sshd":%s,"ratio":%s,"sallyport_runs":[%s],"sshd_runs":[%s]}\n' \
-            "$label" "$unit" "$reps" "$a" "$b" "$(ratio "$a" "$b")" \
+        printf '{"measure":"%s","unit":"%s","runs":%d,"sallyport":%s,"sshd":%s,"ratio":%s,"sallyport_cpu_ms":%s,"sshd_cpu_ms":%s,"cpu_ratio":%s,"sallyport_runs":[%s],"sshd_runs":[%s]}\n' \
+            "$label" "$unit" "$reps" "$a" "$b" "$(ratio "$a" "$b")" "$ac" "$bc" "$(ratio "$ac" "$bc")" \
             "$(IFS=,; echo "${sp[*]}")" "$(IFS=,; echo "${os[*]}")"
     else
-        printf '%-46s %10s %10s %7sx  %s\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "$unit"
+        printf '%-40s %9s %9s %6sx  %-8s %8s %8s %6sx\n' "$label" "$a" "$b" "$(ratio "$a" "$b")" "$unit" \
+            "$ac" "$bc" "$(ratio "$ac" "$bc")"
     fi
 }
 
 # header: the column names compare() prints under.
 header() {
-    [[ -n "${JSON:-}" ]] || printf '%-46s %10s %10s %8s  %s\n' measure sallyport sshd ratio unit
+    [[ -n "${JSON:-}" ]] || printf '%-40s %9s %9s %7s  %-8s %8s %8s %7s\n' \
+        measure sallyport sshd ratio unit "sp cpu" "sshd cpu" "ratio" \
+        "" "" "" "" "" "ms/run" "ms/run" "(<1: sp cheaper)"
 }
