@@ -35,6 +35,12 @@ pub const BASH_RC: &str = include_str!("shell-integration.bash");
 /// wherever the cursor was.
 pub const CLEAR_LINE: &[u8] = b"\x05\x15";
 
+/// The key the session sends to the shell at Enter to learn when the shell
+/// has processed everything typed before it: the rcfile binds it (`bind -x`)
+/// to print an OSC 133 `S` mark, so a Tab completion or history recall still
+/// being redrawn is on the screen before the line is read ([`LineTracker::syncs`]).
+pub const SYNC_KEY: &[u8] = b"\x1b[9999~";
+
 /// Longest input escape sequence followed before it counts as hostile.
 const MAX_PENDING_ESC: usize = 32;
 /// Longest OSC 133 mark waited for across output chunks.
@@ -129,6 +135,11 @@ pub struct LineTracker {
     in_paste: bool,
     /// Partial escape sequence in the input.
     esc: Vec<u8>,
+    /// `S` marks seen (answers to [`SYNC_KEY`]).
+    syncs: u64,
+    /// An `S` mark was seen: the `A`/`B` that follow are readline redrawing
+    /// the same line after the sync, not a new prompt.
+    resync: bool,
 }
 
 impl std::fmt::Debug for LineTracker {
@@ -172,7 +183,25 @@ impl LineTracker {
             typed: Typed::default(),
             in_paste: false,
             esc: Vec::new(),
+            syncs: 0,
+            resync: false,
         }
+    }
+
+    /// The shell is showing a prompt and reading a command line (marks say
+    /// so): keys go to readline, not to a running program.
+    pub fn at_prompt(&self) -> bool {
+        self.marks_seen && self.editing
+    }
+
+    /// How many sync answers (`S` marks) the shell has printed.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// The shell asked for bracketed paste (`ESC[?2004h`).
+    pub fn shell_paste(&self) -> bool {
+        self.vt.screen().bracketed_paste()
     }
 
     /// The client resized the window. Readline redraws; until the next
@@ -256,6 +285,15 @@ impl LineTracker {
     fn mark(&mut self, kind: Option<u8>) {
         self.marks_seen = true;
         match kind {
+            Some(b'B') if self.resync => {
+                // Readline redrew the line being edited after a sync: the
+                // input starts here now; what was typed still holds.
+                self.resync = false;
+                let (r, c) = self.vt.screen().cursor_position();
+                let scrolled = self.vt.callbacks().scrolled;
+                self.prompt_end = Some((r, c, scrolled));
+                self.editing = true;
+            }
             Some(b'B') => {
                 let (r, c) = self.vt.screen().cursor_position();
                 let scrolled = self.vt.callbacks().scrolled;
@@ -264,9 +302,15 @@ impl LineTracker {
                 self.screen_unsure = None;
                 self.typed = Typed::default();
             }
+            Some(b'A') if self.resync => {}
+            Some(b'S') => {
+                self.syncs += 1;
+                self.resync = self.editing;
+            }
             Some(b'A' | b'C' | b'D') => {
                 self.editing = false;
                 self.prompt_end = None;
+                self.resync = false;
             }
             _ => {}
         }
@@ -285,7 +329,8 @@ impl LineTracker {
                 continue;
             }
             match b {
-                b'\r' | b'\n' if !(self.in_paste && shell_paste) => {
+                // Ctrl-O is readline's operate-and-get-next: it runs the line.
+                b'\r' | b'\n' | 0x0f if !(self.in_paste && shell_paste) => {
                     if !fwd.is_empty() {
                         actions.push(Action::Forward(std::mem::take(&mut fwd)));
                     }
@@ -400,6 +445,10 @@ impl LineTracker {
                 }
             }
             b"[A" | b"OA" | b"[B" | b"OB" => t.unsure("history recall changed the line"),
+            seq if Some(seq) == SYNC_KEY.get(1..) => {
+                t.unsure("the bastion's sync key in the input");
+                t.hostile = Some("the bastion's sync key in the input".into());
+            }
             b"[200~" => self.in_paste = true,
             b"[201~" => self.in_paste = false,
             _ => t.unsure("escape sequence in the typed input"),

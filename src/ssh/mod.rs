@@ -10,6 +10,8 @@
 //!   and global requests, each refusal audited.
 //! - [`masking`]: a session's secret masking (from its policy grant) and
 //!   the per-channel output masker behind the output seam.
+//! - [`lineguard`]: the interactive line guard of pty shells: every line is
+//!   checked with policy before its Enter reaches the shell.
 //! - [`session`]: one task per shell/exec channel that pumps bytes between
 //!   the child and the client through the two seams the masker and the
 //!   command guard plug into ([`session::OutputSeam`], [`session::InputSeam`]).
@@ -31,6 +33,7 @@ use crate::shell::Account;
 
 pub mod accept;
 pub mod handler;
+pub mod lineguard;
 pub mod masking;
 pub mod session;
 
