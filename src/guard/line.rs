@@ -133,6 +133,9 @@ pub struct LineTracker {
     typed: Typed,
     /// Inside a client bracketed paste.
     in_paste: bool,
+    /// The last key was Ctrl-V/Ctrl-Q (quoted insert): the next byte goes
+    /// into the line literally, whatever it is.
+    quoted: bool,
     /// Partial escape sequence in the input.
     esc: Vec<u8>,
     /// `S` marks seen (answers to [`SYNC_KEY`]).
@@ -182,6 +185,7 @@ impl LineTracker {
             screen_unsure: None,
             typed: Typed::default(),
             in_paste: false,
+            quoted: false,
             esc: Vec::new(),
             syncs: 0,
             resync: false,
@@ -322,11 +326,25 @@ impl LineTracker {
         let mut fwd = Vec::new();
         let shell_paste = self.vt.screen().bracketed_paste();
         for &b in bytes {
-            if !self.esc.is_empty() {
+            if self.quoted {
+                // Readline inserts it as is (an Enter too, as ^M).
+                self.quoted = false;
+                let c = if b.is_ascii() { char::from(b) } else { char::REPLACEMENT_CHARACTER };
+                self.typed.insert(c);
+                fwd.push(b);
+                continue;
+            }
+            // An Enter never disappears into an escape sequence: whatever
+            // the shell makes of `ESC CR`, the line is checked first.
+            if !self.esc.is_empty() && !matches!(b, b'\r' | b'\n' | 0x0f) {
                 self.esc.push(b);
                 fwd.push(b);
                 self.escape_step();
                 continue;
+            }
+            if !self.esc.is_empty() {
+                self.esc.clear();
+                self.typed.unsure("escape sequence cut by an Enter");
             }
             match b {
                 // Ctrl-O is readline's operate-and-get-next: it runs the line.
@@ -409,6 +427,7 @@ impl LineTracker {
             0x12 | 0x13 => t.unsure("history search changed the line"),
             0x19 => t.unsure("yank inserted killed text"),
             0x16 | 0x11 => {
+                self.quoted = true;
                 t.unsure("quoted insert of a control character");
                 t.hostile = Some("quoted insert of a control character into the line".into());
             }

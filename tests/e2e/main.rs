@@ -17,6 +17,7 @@ mod forward;
 mod guard;
 mod hostcert;
 mod krl;
+mod lineguard;
 mod kube_portforward;
 mod kubeapi;
 mod kubewire;

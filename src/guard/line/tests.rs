@@ -241,3 +241,65 @@ fn recorded_bash_session() {
     assert_eq!(s.line, "");
     assert_eq!(s.certainty, Certainty::Screen);
 }
+
+#[test]
+fn an_enter_is_never_swallowed_by_an_escape_sequence() {
+    // ESC then CR in one chunk: the CR is still an Enter to check.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"rm x", b"rm x");
+    let a = t.input(b"\x1b\r");
+    assert_eq!(
+        a,
+        vec![
+            Action::Forward(b"\x1b".to_vec()),
+            Action::Enter(b"\r".to_vec())
+        ]
+    );
+    assert_eq!(t.line().line, "rm x");
+    // Ctrl-V ESC: the ESC is literal, the CR after it a real Enter, and
+    // the line untrustworthy (hidden text).
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"touch x #", b"touch x #");
+    let a = t.input(b"\x16\x1b\r");
+    assert_eq!(a.last(), Some(&Action::Enter(b"\r".to_vec())));
+    assert!(t.line().is_unsure());
+    // Ctrl-V CR inserts a literal CR: not an Enter.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    let a = t.input(b"a\x16\rb");
+    assert!(a.iter().all(|x| matches!(x, Action::Forward(_))), "{a:?}");
+}
+
+#[test]
+fn ctrl_o_runs_the_line_so_it_is_an_enter() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    let a = type_keys(&mut t, b"id\x0f", b"id");
+    assert_eq!(a.last(), Some(&Action::Enter(vec![0x0f])));
+}
+
+#[test]
+fn a_sync_redraw_keeps_the_line_and_the_sync_key_in_input_is_hostile() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"ls -l", b"ls -l");
+    assert!(t.at_prompt());
+    let n = t.syncs();
+    // What bash prints for the bound sync key: clear, S, redraw.
+    t.output(b"\r\x1b[K\r\x1b]133;S\x07\x1b]133;A\x07alice@host:~$ \x1b]133;B\x07ls -l");
+    assert_eq!(t.syncs(), n + 1);
+    assert!(t.at_prompt());
+    assert_eq!(
+        t.line(),
+        Submitted {
+            line: "ls -l".into(),
+            certainty: Certainty::Screen
+        }
+    );
+    // The user typing the sync key themselves cannot fake an answer
+    // unnoticed: the line becomes unsure.
+    t.input(SYNC_KEY);
+    assert!(t.line().is_unsure());
+}
