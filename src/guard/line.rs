@@ -138,6 +138,15 @@ pub struct LineTracker {
     quoted: bool,
     /// Partial escape sequence in the input.
     esc: Vec<u8>,
+    /// The terminal model follows the output: from a prompt start (`A`)
+    /// until a command runs (`C`). What commands print is not modelled (it
+    /// cannot change the next command line, and the model is reset at the
+    /// next prompt), which keeps big outputs cheap.
+    feeding: bool,
+    /// Bracketed paste as the shell last set it (followed in all output).
+    paste_mode: bool,
+    /// The last bytes of output, for mode switches split across chunks.
+    mode_tail: Vec<u8>,
     /// `S` marks seen (answers to [`SYNC_KEY`]).
     syncs: u64,
     /// An `S` mark was seen: the `A`/`B` that follow are readline redrawing
@@ -158,8 +167,52 @@ fn nz(n: u16) -> std::num::NonZeroU16 {
     std::num::NonZeroU16::new(n.max(1)).unwrap_or(std::num::NonZeroU16::MIN)
 }
 
+/// Position of the next ESC in `hay`. Every sequence looked for in the
+/// output starts with ESC, which is rare in terminal text, so the scan
+/// jumps between ESCs (aho-corasick's memchr prefilter; a plain loop if the
+/// automaton cannot be built).
+fn next_esc(hay: &[u8]) -> Option<usize> {
+    static ESC: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> = std::sync::OnceLock::new();
+    match ESC.get_or_init(|| aho_corasick::AhoCorasick::new([[0x1b_u8]]).ok()) {
+        Some(ac) => ac.find(hay).map(|m| m.start()),
+        None => hay.iter().position(|&b| b == 0x1b),
+    }
+}
+
+/// First position of `needle` (which starts with ESC) in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = hay.get(from..).and_then(next_esc) {
+        let at = from + p;
+        if hay.get(at..at + needle.len()) == Some(needle) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    find(hay, needle).is_some()
+}
+
+const PASTE_ON: &[u8] = b"\x1b[?2004h";
+const PASTE_OFF: &[u8] = b"\x1b[?2004l";
+
+/// The bracketed paste mode after `hay`, if `hay` switches it.
+fn paste_toggle(hay: &[u8]) -> Option<bool> {
+    let mut last = None;
+    let mut from = 0;
+    while let Some(p) = hay.get(from..).and_then(next_esc) {
+        let at = from + p;
+        match hay.get(at..at + PASTE_ON.len()) {
+            Some(w) if w == PASTE_ON => last = Some(true),
+            Some(w) if w == PASTE_OFF => last = Some(false),
+            _ => {}
+        }
+        from = at + 1;
+    }
+    last
 }
 
 /// Output sequences after which the screen no longer shows the line.
@@ -188,6 +241,9 @@ impl LineTracker {
             quoted: false,
             esc: Vec::new(),
             syncs: 0,
+            feeding: false,
+            paste_mode: false,
+            mode_tail: Vec::new(),
             resync: false,
         }
     }
@@ -205,7 +261,7 @@ impl LineTracker {
 
     /// The shell asked for bracketed paste (`ESC[?2004h`).
     pub fn shell_paste(&self) -> bool {
-        self.vt.screen().bracketed_paste()
+        self.paste_mode
     }
 
     /// The client resized the window. Readline redraws; until the next
@@ -229,7 +285,7 @@ impl LineTracker {
         let mut i = 0;
         while i < data.len() {
             let rest = data.get(i..).unwrap_or_default();
-            match rest.windows(OSC133.len()).position(|w| w == OSC133) {
+            match find(rest, OSC133) {
                 Some(p) => {
                     self.feed(rest.get(..p).unwrap_or_default());
                     let seq = rest.get(p..).unwrap_or_default();
@@ -276,6 +332,10 @@ impl LineTracker {
         if piece.is_empty() {
             return;
         }
+        self.follow_paste_mode(piece);
+        if !self.feeding {
+            return;
+        }
         if self.editing {
             for (seq, why) in SUSPICIOUS {
                 if contains(piece, seq) {
@@ -284,6 +344,36 @@ impl LineTracker {
             }
         }
         self.vt.process(piece);
+    }
+
+    fn follow_paste_mode(&mut self, piece: &[u8]) {
+        let keep = PASTE_ON.len() - 1;
+        let mut edge = std::mem::take(&mut self.mode_tail);
+        edge.extend_from_slice(piece.get(..piece.len().min(keep)).unwrap_or_default());
+        for hay in [&edge[..], piece] {
+            if let Some(on) = paste_toggle(hay) {
+                self.paste_mode = on;
+            }
+        }
+        // Keep the last bytes seen: of the piece, or (short piece) of
+        // the old tail followed by the piece, which is what `edge` holds.
+        let last = if piece.len() >= keep {
+            piece
+        } else {
+            &edge[..]
+        };
+        self.mode_tail = last
+            .get(last.len().saturating_sub(keep)..)
+            .unwrap_or_default()
+            .to_vec();
+    }
+
+    /// A new prompt starts: model a fresh screen from here (readline
+    /// assumes the prompt starts in column 0).
+    fn fresh_screen(&mut self) {
+        let (rows, cols) = self.vt.screen().size();
+        self.vt = vt100::Parser::new_with_callbacks(rows, cols, 0, Cb::default());
+        self.feeding = true;
     }
 
     fn mark(&mut self, kind: Option<u8>) {
@@ -311,7 +401,19 @@ impl LineTracker {
                 self.syncs += 1;
                 self.resync = self.editing;
             }
-            Some(b'A' | b'C' | b'D') => {
+            Some(b'A') => {
+                self.editing = false;
+                self.prompt_end = None;
+                self.resync = false;
+                self.fresh_screen();
+            }
+            Some(b'C') => {
+                self.editing = false;
+                self.prompt_end = None;
+                self.resync = false;
+                self.feeding = false;
+            }
+            Some(b'D') => {
                 self.editing = false;
                 self.prompt_end = None;
                 self.resync = false;
@@ -324,12 +426,16 @@ impl LineTracker {
     pub fn input(&mut self, bytes: &[u8]) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut fwd = Vec::new();
-        let shell_paste = self.vt.screen().bracketed_paste();
+        let shell_paste = self.paste_mode;
         for &b in bytes {
             if self.quoted {
                 // Readline inserts it as is (an Enter too, as ^M).
                 self.quoted = false;
-                let c = if b.is_ascii() { char::from(b) } else { char::REPLACEMENT_CHARACTER };
+                let c = if b.is_ascii() {
+                    char::from(b)
+                } else {
+                    char::REPLACEMENT_CHARACTER
+                };
                 self.typed.insert(c);
                 fwd.push(b);
                 continue;

@@ -262,8 +262,16 @@ fn approval_gated_line_runs_once_approved_and_not_otherwise() {
     let f2 = dir.join("needs-ok-2");
     tmux.line(&format!("touch {}", f2.display()));
     let id2 = pending_id(&s, "needs-ok-2");
-    s.cli(&["approvals", "deny", &id2, "--as", "bob", "--reason", "not now"])
-        .success();
+    s.cli(&[
+        "approvals",
+        "deny",
+        &id2,
+        "--as",
+        "bob",
+        "--reason",
+        "not now",
+    ])
+    .success();
     wait_shown(&s, &tmux, "denied by local:bob: not now", 1);
     ready(&s, &tmux, "after-deny");
     assert!(!f2.exists());
@@ -275,7 +283,10 @@ fn approval_gated_line_runs_once_approved_and_not_otherwise() {
     wait_shown(&s, &tmux, &format!("waiting for approval {id3}"), 1);
     tmux.keys(&["C-c"]);
     wait_shown(&s, &tmux, &format!("approval {id3} withdrawn"), 1);
-    let st = db(&s, &format!("SELECT status FROM approvals WHERE id = '{id3}'"));
+    let st = db(
+        &s,
+        &format!("SELECT status FROM approvals WHERE id = '{id3}'"),
+    );
     assert_eq!(st[0][0], "withdrawn");
     s.cli(&["approvals", "approve", &id3, "--as", "bob"])
         .failure();
@@ -304,7 +315,10 @@ fn approval_gated_line_runs_once_approved_and_not_otherwise() {
         "{kinds:?}"
     );
     let kinds_of_approvals = db(&s, "SELECT kind FROM approvals ORDER BY created_at");
-    assert!(kinds_of_approvals.iter().all(|r| r[0] == "line"), "{kinds_of_approvals:?}");
+    assert!(
+        kinds_of_approvals.iter().all(|r| r[0] == "line"),
+        "{kinds_of_approvals:?}"
+    );
 }
 
 #[test]
@@ -336,4 +350,69 @@ fn strict_role_refuses_hidden_control_characters_but_runs_plain_lines() {
     ready(&s, &tmux, "after-hostile");
     assert!(!hidden.exists(), "the line with hidden text ran");
     finish(&s, &tmux);
+}
+
+#[test]
+fn without_bash_lines_are_checked_from_the_typed_keys() {
+    // dash: no rcfile, no prompt marks, no bracketed paste.
+    let s = Server::start_with(ServerOpts {
+        policies: vec![("lines.toml".into(), POLICY.into())],
+        ssh_extra: "shell = \"/bin/sh\"".into(),
+        ..Default::default()
+    });
+    let dir = scratch(&s);
+    let tmux = shell(&s);
+    let blocked = dir.join("blocked-dash");
+    // Typed with a correction: the line checked is the edited one.
+    tmux.run(&[
+        "send-keys",
+        "-t",
+        "t",
+        "-l",
+        &format!("touch {}XX", blocked.display()),
+    ]);
+    tmux.keys(&["BSpace", "BSpace", "Enter"]);
+    wait_shown(&s, &tmux, "sallyport: blocked:", 1);
+    ready(&s, &tmux, "after-block");
+    assert!(!blocked.exists(), "the denied line ran under dash");
+    let ok = dir.join("fine-dash");
+    tmux.line(&format!("touch {}", ok.display()));
+    wait_for(T, || ok.exists().then_some(()))
+        .unwrap_or_else(|| panic!("allowed line did not run\n{}", s.log()));
+    let sess = finish(&s, &tmux);
+    let rows = db(
+        &s,
+        &format!(
+            "SELECT detail, reason FROM events WHERE session_id = '{}' AND kind = 'command-allowed' AND detail LIKE '%fine-dash%'",
+            sess["id"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0][1].contains("reconstructed from typed keys"),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn closing_the_client_while_a_line_waits_withdraws_the_request() {
+    let s = start(false);
+    let dir = scratch(&s);
+    let tmux = shell(&s);
+    let f = dir.join("needs-ok-close");
+    tmux.line(&format!("touch {}", f.display()));
+    let id = pending_id(&s, "needs-ok-close");
+    drop(tmux); // kills tmux and with it the ssh client
+    let status = wait_for(T, || {
+        let st = db(
+            &s,
+            &format!("SELECT status FROM approvals WHERE id = '{id}'"),
+        );
+        let st = st.first()?.first()?.clone();
+        (st != "pending").then_some(st)
+    });
+    assert_eq!(status.as_deref(), Some("withdrawn"), "{}", s.log());
+    s.cli(&["approvals", "approve", &id, "--as", "bob"])
+        .failure();
+    assert!(!f.exists());
 }

@@ -303,3 +303,35 @@ fn a_sync_redraw_keeps_the_line_and_the_sync_key_in_input_is_hostile() {
     t.input(SYNC_KEY);
     assert!(t.line().is_unsure());
 }
+
+#[test]
+fn command_output_is_not_modelled_and_the_next_prompt_starts_fresh() {
+    let mut t = LineTracker::new(24, 80);
+    t.output(b"\x1b[?2004h");
+    prompt(&mut t);
+    type_keys(&mut t, b"cat big", b"cat big");
+    t.input(b"\r");
+    t.submitted();
+    t.output(b"\r\n\x1b[?2004l\r");
+    t.output(C);
+    // Whatever the command prints (alternate screen, scroll region, a
+    // cursor left mid-row, lots of it), the next prompt is read right.
+    t.output(b"\x1b[?1049h\x1b[5;10r\x1b[2J");
+    for _ in 0..1000 {
+        t.output(&[b'x'; 997]);
+    }
+    assert!(!t.shell_paste());
+    // The paste mode switch arrives split across chunks.
+    t.output(b"\x1b]133;D;0\x07\x1b[?20");
+    t.output(b"04h");
+    assert!(t.shell_paste());
+    prompt(&mut t);
+    type_keys(&mut t, b"rm x", b"rm x");
+    assert_eq!(
+        t.line(),
+        Submitted {
+            line: "rm x".into(),
+            certainty: Certainty::Screen
+        }
+    );
+}
