@@ -62,7 +62,9 @@ fn shell(s: &Server) -> Tmux {
 fn ready(s: &Server, tmux: &Tmux, tag: &str) {
     tmux.line(&format!("echo ready-$((40+2))-{tag}"));
     let want = format!("ready-42-{tag}");
-    tmux.wait_for(T, |t| t.lines().any(|l| l.trim() == want))
+    // The output line; a prompt may precede it when the shell read keys
+    // the terminal echoed before the shell started.
+    tmux.wait_for(T, |t| t.lines().any(|l| l.trim_end().ends_with(&want)))
         .unwrap_or_else(|t| panic!("shell not usable ({tag}):\n{t}\n{}", s.log()));
 }
 
