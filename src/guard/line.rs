@@ -254,6 +254,12 @@ impl LineTracker {
         self.marks_seen && self.editing
     }
 
+    /// The typed keys alone cannot say what the line is (history recall,
+    /// completion, escape sequences since the last prompt).
+    pub fn typed_unsure(&self) -> bool {
+        self.typed.unsure.is_some()
+    }
+
     /// How many sync answers (`S` marks) the shell has printed.
     pub fn syncs(&self) -> u64 {
         self.syncs

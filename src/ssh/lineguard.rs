@@ -45,6 +45,10 @@ use crate::shell::RcFile;
 /// the keys before it, so a slow completion delays it) before the line
 /// counts as unsure.
 const SYNC_WAIT: Duration = Duration::from_secs(2);
+/// How long an Enter typed while a command runs waits for the shell's next
+/// prompt when the typed keys alone cannot say what the line is (or the
+/// role is strict); after it, the keys are taken as input to the program.
+const PROMPT_WAIT: Duration = Duration::from_secs(1);
 /// How long to wait for the echo of typed keys (no marks).
 const ECHO_WAIT: Duration = Duration::from_millis(100);
 /// How long to let the shell redraw after [`CLEAR_LINE`].
@@ -531,15 +535,23 @@ impl Run<'_, '_> {
 
     /// A held Enter: read the line, decide, act.
     async fn enter(&mut self, enter: &[u8]) -> Fate {
-        let at_prompt = self.g.line.with(|t| t.at_prompt());
+        let g = self.g;
+        let policy = g.shared.policy.current();
+        let grant = policy.session(&g.identity);
+        let (marks, mut at_prompt, typed_unsure) = g
+            .line
+            .with(|t| (t.has_marks(), t.at_prompt(), t.typed_unsure()));
+        if marks && !at_prompt && (typed_unsure || grant.strict) {
+            // Keys typed ahead while the last command was finishing: the
+            // shell reads them at its next prompt. Give it a moment to
+            // show it, then read the line from the screen as usual.
+            at_prompt = self.wait_screen(PROMPT_WAIT, |t| t.at_prompt()).await;
+        }
         let synced = self.settle().await;
         let mut sub: Submitted = self.g.line.with(|t| t.line());
         if !synced && !sub.is_unsure() {
             sub.certainty = Certainty::Unsure("the shell did not answer the sync key".into());
         }
-        let g = self.g;
-        let policy = g.shared.policy.current();
-        let grant = policy.session(&g.identity);
         let shown = clip(&g.mask.mask_text(&sub.line), MAX_SHOWN);
         let d = policy.exec(&g.identity, &parse::parse(&sub.line));
         let reason = g.mask.mask_text(&d.reason);
@@ -548,6 +560,7 @@ impl Run<'_, '_> {
             Certainty::Typed => "reconstructed from typed keys".to_string(),
             Certainty::Unsure(why) => format!("unsure: {}", g.mask.mask_text(why)),
         };
+        tracing::debug!(line = %shown, how = %how, at_prompt, verdict = ?d.verdict, "line checked");
         match d.verdict {
             Verdict::Deny => {
                 self.refuse(&shown, &reason, at_prompt).await;
