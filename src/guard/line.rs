@@ -260,6 +260,11 @@ impl LineTracker {
         self.typed.unsure.is_some()
     }
 
+    /// The line as rebuilt from the typed keys alone.
+    pub fn typed_line(&self) -> String {
+        self.typed.string()
+    }
+
     /// How many sync answers (`S` marks) the shell has printed.
     pub fn syncs(&self) -> u64 {
         self.syncs

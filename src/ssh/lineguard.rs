@@ -44,7 +44,7 @@ use crate::shell::RcFile;
 /// How long the shell may take to answer the sync key (it answers after
 /// the keys before it, so a slow completion delays it) before the line
 /// counts as unsure.
-const SYNC_WAIT: Duration = Duration::from_secs(2);
+const SYNC_WAIT: Duration = Duration::from_secs(5);
 /// How long an Enter typed while a command runs waits for the shell's next
 /// prompt when the typed keys alone cannot say what the line is (or the
 /// role is strict); after it, the keys are taken as input to the program.
@@ -553,7 +553,15 @@ impl Run<'_, '_> {
             sub.certainty = Certainty::Unsure("the shell did not answer the sync key".into());
         }
         let shown = clip(&g.mask.mask_text(&sub.line), MAX_SHOWN);
-        let d = policy.exec(&g.identity, &parse::parse(&sub.line));
+        let mut d = policy.exec(&g.identity, &parse::parse(&sub.line));
+        let typed = g.line.with(|t| t.typed_line());
+        if sub.is_unsure() && typed != sub.line && !typed.trim().is_empty() {
+            // Unsure: what the keys say counts too; the stricter answer wins.
+            let d2 = policy.exec(&g.identity, &parse::parse(&typed));
+            if rank(d2.verdict) > rank(d.verdict) {
+                d = d2;
+            }
+        }
         let reason = g.mask.mask_text(&d.reason);
         let how = match &sub.certainty {
             Certainty::Screen => "read from the screen".to_string(),
@@ -759,6 +767,14 @@ impl Run<'_, '_> {
                 Fate::Refused
             }
         }
+    }
+}
+
+fn rank(v: Verdict) -> u8 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Approve => 1,
+        Verdict::Deny => 2,
     }
 }
 
