@@ -149,6 +149,10 @@ pub struct LineTracker {
     mode_tail: Vec<u8>,
     /// `S` marks seen (answers to [`SYNC_KEY`]).
     syncs: u64,
+    /// Keys typed before the current prompt appeared (typed ahead while the
+    /// last command finished, or eaten by a program): the line on the
+    /// screen may start with them, or not.
+    ahead: Option<Typed>,
     /// An `S` mark was seen: the `A`/`B` that follow are readline redrawing
     /// the same line after the sync, not a new prompt.
     resync: bool,
@@ -241,6 +245,7 @@ impl LineTracker {
             quoted: false,
             esc: Vec::new(),
             syncs: 0,
+            ahead: None,
             feeding: false,
             paste_mode: false,
             mode_tail: Vec::new(),
@@ -258,6 +263,13 @@ impl LineTracker {
     /// completion, escape sequences since the last prompt).
     pub fn typed_unsure(&self) -> bool {
         self.typed.unsure.is_some()
+    }
+
+    /// The shell has answered `n` sync keys and redrawn the line after the
+    /// last one (its `S` mark comes before readline clears and redraws the
+    /// line; the redraw ends with the prompt's `B` mark and the line text).
+    pub fn synced(&self, n: u64) -> bool {
+        self.syncs >= n && !self.resync
     }
 
     /// The line as rebuilt from the typed keys alone.
@@ -405,7 +417,11 @@ impl LineTracker {
                 self.prompt_end = Some((r, c, scrolled));
                 self.editing = true;
                 self.screen_unsure = None;
-                self.typed = Typed::default();
+                let before = std::mem::take(&mut self.typed);
+                self.ahead = (!before.text.is_empty()
+                    || before.unsure.is_some()
+                    || before.hostile.is_some())
+                .then_some(before);
             }
             Some(b'A') if self.resync => {}
             Some(b'S') => {
@@ -538,7 +554,10 @@ impl LineTracker {
             0x05 => t.cursor = t.text.len(),
             0x02 => t.cursor = t.cursor.saturating_sub(1),
             0x06 => t.cursor = (t.cursor + 1).min(t.text.len()),
-            0x03 => *t = Typed::default(),
+            0x03 => {
+                *t = Typed::default();
+                self.ahead = None;
+            }
             0x09 => t.unsure("Tab completion changed the line"),
             0x10 | 0x0e => t.unsure("history recall changed the line"),
             0x12 | 0x13 => t.unsure("history search changed the line"),
@@ -620,8 +639,23 @@ impl LineTracker {
     /// the echo has not arrived; wait a little before [`Self::line`].
     pub fn echo_pending(&self) -> bool {
         match self.screen_line() {
-            Some(Ok(s)) => self.typed.unsure.is_none() && s != self.typed.string(),
+            Some(Ok(s)) => self.typed.unsure.is_none() && !self.agrees(&s),
             _ => false,
+        }
+    }
+
+    /// Does the screen line match the typed keys (with or without those
+    /// typed ahead of the prompt)? Keys typed ahead that recalled history
+    /// or completed cannot be compared: the screen (after the sync) rules.
+    fn agrees(&self, screen: &str) -> bool {
+        let typed = self.typed.string();
+        if screen == typed {
+            return true;
+        }
+        match &self.ahead {
+            Some(a) if a.unsure.is_some() => true,
+            Some(a) => screen == format!("{}{typed}", a.string()),
+            None => false,
         }
     }
 
@@ -630,11 +664,15 @@ impl LineTracker {
         let typed = self.typed.string();
         match self.screen_line() {
             Some(Ok(line)) => {
-                let certainty = if let Some(why) =
-                    self.screen_unsure.as_ref().or(self.typed.hostile.as_ref())
+                let ahead_hostile = self.ahead.as_ref().and_then(|a| a.hostile.as_ref());
+                let certainty = if let Some(why) = self
+                    .screen_unsure
+                    .as_ref()
+                    .or(self.typed.hostile.as_ref())
+                    .or(ahead_hostile)
                 {
                     Certainty::Unsure(why.clone())
-                } else if self.typed.unsure.is_none() && line != typed {
+                } else if self.typed.unsure.is_none() && !self.agrees(&line) {
                     Certainty::Unsure("the screen and the typed input disagree".into())
                 } else {
                     Certainty::Screen
@@ -661,6 +699,7 @@ impl LineTracker {
     /// The held Enter was released to the shell.
     pub fn submitted(&mut self) {
         self.typed = Typed::default();
+        self.ahead = None;
         if self.marks_seen {
             // C arrives with the command; until then this is not a prompt.
             self.editing = false;
@@ -670,6 +709,7 @@ impl LineTracker {
     /// The line was refused and [`CLEAR_LINE`] sent instead.
     pub fn cleared(&mut self) {
         self.typed = Typed::default();
+        self.ahead = None;
     }
 }
 

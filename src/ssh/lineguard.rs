@@ -509,7 +509,7 @@ impl Run<'_, '_> {
             if !self.write(SYNC_KEY) {
                 return false;
             }
-            synced = self.wait_screen(SYNC_WAIT, |t| t.syncs() > n0).await;
+            synced = self.wait_screen(SYNC_WAIT, |t| t.synced(n0 + 1)).await;
         }
         self.wait_screen(ECHO_WAIT, |t| !t.echo_pending()).await;
         synced

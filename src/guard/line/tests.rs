@@ -335,3 +335,62 @@ fn command_output_is_not_modelled_and_the_next_prompt_starts_fresh() {
         }
     );
 }
+
+#[test]
+fn keys_typed_ahead_of_the_prompt_are_part_of_the_line() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"sleep 1", b"sleep 1");
+    t.input(b"\r");
+    t.submitted();
+    t.output(b"\r\n");
+    t.output(C);
+    // Typed while the command runs; the tty echoes, bash reads it later.
+    t.input(b"ex");
+    t.output(b"ex");
+    t.output(b"\x1b]133;D;0\x07");
+    prompt(&mut t);
+    t.output(b"ex");
+    type_keys(&mut t, b"it", b"it");
+    assert_eq!(
+        t.line(),
+        Submitted {
+            line: "exit".into(),
+            certainty: Certainty::Screen
+        }
+    );
+    // Keys a program ate (not shown at the prompt) do not disturb either.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    t.input(b"\r");
+    t.submitted();
+    t.output(C);
+    t.input(b":q");
+    prompt(&mut t);
+    type_keys(&mut t, b"ls", b"ls");
+    assert_eq!(t.line().certainty, Certainty::Screen);
+    // Hidden text typed ahead stays hidden text.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    t.input(b"\r");
+    t.submitted();
+    t.output(C);
+    t.input(b"x\x16\x1b");
+    prompt(&mut t);
+    t.output(b"x^[");
+    assert!(t.line().is_unsure());
+}
+
+#[test]
+fn the_sync_is_complete_only_once_the_line_is_redrawn() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"rm x", b"rm x");
+    let n = t.syncs();
+    // The S mark arrives in one read, the redraw in the next.
+    t.output(b"\r\x1b[K\r\x1b]133;S\x07");
+    assert!(!t.synced(n + 1));
+    t.output(b"\x1b]133;A\x07alice@host:~$ \x1b]133;B\x07rm x");
+    assert!(t.synced(n + 1));
+    assert_eq!(t.line().line, "rm x");
+}
