@@ -228,13 +228,25 @@ fn multi_line_paste_runs_up_to_the_first_denied_line() {
         two.display(),
         three.display()
     );
+    // Paste at a prompt (a paste typed ahead of the prompt is checked
+    // too, but may be refused whole).
+    tmux.wait_for(T, |t| {
+        t.lines()
+            .rfind(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.trim_end().ends_with(['#', '$']))
+    })
+    .unwrap_or_else(|t| panic!("no prompt:\n{t}"));
     tmux.run(&["set-buffer", "-b", "p", &text]);
     // -p: bracketed, as the shell asked for it.
     tmux.run(&["paste-buffer", "-p", "-b", "p", "-t", "t"]);
     let screen = wait_shown(&s, &tmux, "sallyport: blocked:", 1);
     assert!(screen.contains("blocked-paste-2"), "{screen}");
     ready(&s, &tmux, "after-paste");
-    assert!(one.exists(), "the first pasted line did not run\n{screen}");
+    assert!(
+        one.exists(),
+        "the first pasted line did not run\n{screen}\n{}",
+        s.log()
+    );
     assert!(!two.exists(), "the denied pasted line ran");
     assert!(!three.exists(), "a line after the denied one ran");
     finish(&s, &tmux);
