@@ -394,3 +394,23 @@ fn the_sync_is_complete_only_once_the_line_is_redrawn() {
     assert!(t.synced(n + 1));
     assert_eq!(t.line().line, "rm x");
 }
+
+#[test]
+fn a_megabyte_without_enter_and_invalid_utf8_do_not_break_it() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    let big = vec![b'a'; 1 << 20];
+    for chunk in big.chunks(4096) {
+        let a = t.input(chunk);
+        assert!(a.iter().all(|x| matches!(x, Action::Forward(_))));
+        t.output(chunk);
+    }
+    t.input(b"\xff\xfe\xc3");
+    t.output(b"\xff\xfe\xc3");
+    let a = t.input(b"\r");
+    assert_eq!(a, vec![Action::Enter(b"\r".to_vec())]);
+    // The prompt scrolled away: not readable from the screen.
+    let s = t.line();
+    assert!(s.is_unsure(), "{:?}", s.certainty);
+    assert!(s.line.len() >= 1 << 20);
+}
