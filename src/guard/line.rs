@@ -35,6 +35,12 @@ pub const BASH_RC: &str = include_str!("shell-integration.bash");
 /// wherever the cursor was.
 pub const CLEAR_LINE: &[u8] = b"\x05\x15";
 
+/// The key the session sends to the shell at Enter to learn when the shell
+/// has processed everything typed before it: the rcfile binds it (`bind -x`)
+/// to print an OSC 133 `S` mark, so a Tab completion or history recall still
+/// being redrawn is on the screen before the line is read ([`LineTracker::syncs`]).
+pub const SYNC_KEY: &[u8] = b"\x1b[9999~";
+
 /// Longest input escape sequence followed before it counts as hostile.
 const MAX_PENDING_ESC: usize = 32;
 /// Longest OSC 133 mark waited for across output chunks.
@@ -127,8 +133,29 @@ pub struct LineTracker {
     typed: Typed,
     /// Inside a client bracketed paste.
     in_paste: bool,
+    /// The last key was Ctrl-V/Ctrl-Q (quoted insert): the next byte goes
+    /// into the line literally, whatever it is.
+    quoted: bool,
     /// Partial escape sequence in the input.
     esc: Vec<u8>,
+    /// The terminal model follows the output: from a prompt start (`A`)
+    /// until a command runs (`C`). What commands print is not modelled (it
+    /// cannot change the next command line, and the model is reset at the
+    /// next prompt), which keeps big outputs cheap.
+    feeding: bool,
+    /// Bracketed paste as the shell last set it (followed in all output).
+    paste_mode: bool,
+    /// The last bytes of output, for mode switches split across chunks.
+    mode_tail: Vec<u8>,
+    /// `S` marks seen (answers to [`SYNC_KEY`]).
+    syncs: u64,
+    /// Keys typed before the current prompt appeared (typed ahead while the
+    /// last command finished, or eaten by a program): the line on the
+    /// screen may start with them, or not.
+    ahead: Option<Typed>,
+    /// An `S` mark was seen: the `A`/`B` that follow are readline redrawing
+    /// the same line after the sync, not a new prompt.
+    resync: bool,
 }
 
 impl std::fmt::Debug for LineTracker {
@@ -144,8 +171,52 @@ fn nz(n: u16) -> std::num::NonZeroU16 {
     std::num::NonZeroU16::new(n.max(1)).unwrap_or(std::num::NonZeroU16::MIN)
 }
 
+/// Position of the next ESC in `hay`. Every sequence looked for in the
+/// output starts with ESC, which is rare in terminal text, so the scan
+/// jumps between ESCs (aho-corasick's memchr prefilter; a plain loop if the
+/// automaton cannot be built).
+fn next_esc(hay: &[u8]) -> Option<usize> {
+    static ESC: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> = std::sync::OnceLock::new();
+    match ESC.get_or_init(|| aho_corasick::AhoCorasick::new([[0x1b_u8]]).ok()) {
+        Some(ac) => ac.find(hay).map(|m| m.start()),
+        None => hay.iter().position(|&b| b == 0x1b),
+    }
+}
+
+/// First position of `needle` (which starts with ESC) in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = hay.get(from..).and_then(next_esc) {
+        let at = from + p;
+        if hay.get(at..at + needle.len()) == Some(needle) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    find(hay, needle).is_some()
+}
+
+const PASTE_ON: &[u8] = b"\x1b[?2004h";
+const PASTE_OFF: &[u8] = b"\x1b[?2004l";
+
+/// The bracketed paste mode after `hay`, if `hay` switches it.
+fn paste_toggle(hay: &[u8]) -> Option<bool> {
+    let mut last = None;
+    let mut from = 0;
+    while let Some(p) = hay.get(from..).and_then(next_esc) {
+        let at = from + p;
+        match hay.get(at..at + PASTE_ON.len()) {
+            Some(w) if w == PASTE_ON => last = Some(true),
+            Some(w) if w == PASTE_OFF => last = Some(false),
+            _ => {}
+        }
+        from = at + 1;
+    }
+    last
 }
 
 /// Output sequences after which the screen no longer shows the line.
@@ -171,8 +242,49 @@ impl LineTracker {
             screen_unsure: None,
             typed: Typed::default(),
             in_paste: false,
+            quoted: false,
             esc: Vec::new(),
+            syncs: 0,
+            ahead: None,
+            feeding: false,
+            paste_mode: false,
+            mode_tail: Vec::new(),
+            resync: false,
         }
+    }
+
+    /// The shell is showing a prompt and reading a command line (marks say
+    /// so): keys go to readline, not to a running program.
+    pub fn at_prompt(&self) -> bool {
+        self.marks_seen && self.editing
+    }
+
+    /// The typed keys alone cannot say what the line is (history recall,
+    /// completion, escape sequences since the last prompt).
+    pub fn typed_unsure(&self) -> bool {
+        self.typed.unsure.is_some()
+    }
+
+    /// The shell has answered `n` sync keys and redrawn the line after the
+    /// last one (its `S` mark comes before readline clears and redraws the
+    /// line; the redraw ends with the prompt's `B` mark and the line text).
+    pub fn synced(&self, n: u64) -> bool {
+        self.syncs >= n && !self.resync
+    }
+
+    /// The line as rebuilt from the typed keys alone.
+    pub fn typed_line(&self) -> String {
+        self.typed.string()
+    }
+
+    /// How many sync answers (`S` marks) the shell has printed.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// The shell asked for bracketed paste (`ESC[?2004h`).
+    pub fn shell_paste(&self) -> bool {
+        self.paste_mode
     }
 
     /// The client resized the window. Readline redraws; until the next
@@ -196,7 +308,7 @@ impl LineTracker {
         let mut i = 0;
         while i < data.len() {
             let rest = data.get(i..).unwrap_or_default();
-            match rest.windows(OSC133.len()).position(|w| w == OSC133) {
+            match find(rest, OSC133) {
                 Some(p) => {
                     self.feed(rest.get(..p).unwrap_or_default());
                     let seq = rest.get(p..).unwrap_or_default();
@@ -243,6 +355,10 @@ impl LineTracker {
         if piece.is_empty() {
             return;
         }
+        self.follow_paste_mode(piece);
+        if !self.feeding {
+            return;
+        }
         if self.editing {
             for (seq, why) in SUSPICIOUS {
                 if contains(piece, seq) {
@@ -253,20 +369,81 @@ impl LineTracker {
         self.vt.process(piece);
     }
 
+    fn follow_paste_mode(&mut self, piece: &[u8]) {
+        let keep = PASTE_ON.len() - 1;
+        let mut edge = std::mem::take(&mut self.mode_tail);
+        edge.extend_from_slice(piece.get(..piece.len().min(keep)).unwrap_or_default());
+        for hay in [&edge[..], piece] {
+            if let Some(on) = paste_toggle(hay) {
+                self.paste_mode = on;
+            }
+        }
+        // Keep the last bytes seen: of the piece, or (short piece) of
+        // the old tail followed by the piece, which is what `edge` holds.
+        let last = if piece.len() >= keep {
+            piece
+        } else {
+            &edge[..]
+        };
+        self.mode_tail = last
+            .get(last.len().saturating_sub(keep)..)
+            .unwrap_or_default()
+            .to_vec();
+    }
+
+    /// A new prompt starts: model a fresh screen from here (readline
+    /// assumes the prompt starts in column 0).
+    fn fresh_screen(&mut self) {
+        let (rows, cols) = self.vt.screen().size();
+        self.vt = vt100::Parser::new_with_callbacks(rows, cols, 0, Cb::default());
+        self.feeding = true;
+    }
+
     fn mark(&mut self, kind: Option<u8>) {
         self.marks_seen = true;
         match kind {
+            Some(b'B') if self.resync => {
+                // Readline redrew the line being edited after a sync: the
+                // input starts here now; what was typed still holds.
+                self.resync = false;
+                let (r, c) = self.vt.screen().cursor_position();
+                let scrolled = self.vt.callbacks().scrolled;
+                self.prompt_end = Some((r, c, scrolled));
+                self.editing = true;
+            }
             Some(b'B') => {
                 let (r, c) = self.vt.screen().cursor_position();
                 let scrolled = self.vt.callbacks().scrolled;
                 self.prompt_end = Some((r, c, scrolled));
                 self.editing = true;
                 self.screen_unsure = None;
-                self.typed = Typed::default();
+                let before = std::mem::take(&mut self.typed);
+                self.ahead = (!before.text.is_empty()
+                    || before.unsure.is_some()
+                    || before.hostile.is_some())
+                .then_some(before);
             }
-            Some(b'A' | b'C' | b'D') => {
+            Some(b'A') if self.resync => {}
+            Some(b'S') => {
+                self.syncs += 1;
+                self.resync = self.editing;
+            }
+            Some(b'A') => {
                 self.editing = false;
                 self.prompt_end = None;
+                self.resync = false;
+                self.fresh_screen();
+            }
+            Some(b'C') => {
+                self.editing = false;
+                self.prompt_end = None;
+                self.resync = false;
+                self.feeding = false;
+            }
+            Some(b'D') => {
+                self.editing = false;
+                self.prompt_end = None;
+                self.resync = false;
             }
             _ => {}
         }
@@ -276,16 +453,35 @@ impl LineTracker {
     pub fn input(&mut self, bytes: &[u8]) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut fwd = Vec::new();
-        let shell_paste = self.vt.screen().bracketed_paste();
+        let shell_paste = self.paste_mode;
         for &b in bytes {
-            if !self.esc.is_empty() {
+            if self.quoted {
+                // Readline inserts it as is (an Enter too, as ^M).
+                self.quoted = false;
+                let c = if b.is_ascii() {
+                    char::from(b)
+                } else {
+                    char::REPLACEMENT_CHARACTER
+                };
+                self.typed.insert(c);
+                fwd.push(b);
+                continue;
+            }
+            // An Enter never disappears into an escape sequence: whatever
+            // the shell makes of `ESC CR`, the line is checked first.
+            if !self.esc.is_empty() && !matches!(b, b'\r' | b'\n' | 0x0f) {
                 self.esc.push(b);
                 fwd.push(b);
                 self.escape_step();
                 continue;
             }
+            if !self.esc.is_empty() {
+                self.esc.clear();
+                self.typed.unsure("escape sequence cut by an Enter");
+            }
             match b {
-                b'\r' | b'\n' if !(self.in_paste && shell_paste) => {
+                // Ctrl-O is readline's operate-and-get-next: it runs the line.
+                b'\r' | b'\n' | 0x0f if !(self.in_paste && shell_paste) => {
                     if !fwd.is_empty() {
                         actions.push(Action::Forward(std::mem::take(&mut fwd)));
                     }
@@ -358,12 +554,16 @@ impl LineTracker {
             0x05 => t.cursor = t.text.len(),
             0x02 => t.cursor = t.cursor.saturating_sub(1),
             0x06 => t.cursor = (t.cursor + 1).min(t.text.len()),
-            0x03 => *t = Typed::default(),
+            0x03 => {
+                *t = Typed::default();
+                self.ahead = None;
+            }
             0x09 => t.unsure("Tab completion changed the line"),
             0x10 | 0x0e => t.unsure("history recall changed the line"),
             0x12 | 0x13 => t.unsure("history search changed the line"),
             0x19 => t.unsure("yank inserted killed text"),
             0x16 | 0x11 => {
+                self.quoted = true;
                 t.unsure("quoted insert of a control character");
                 t.hostile = Some("quoted insert of a control character into the line".into());
             }
@@ -400,6 +600,10 @@ impl LineTracker {
                 }
             }
             b"[A" | b"OA" | b"[B" | b"OB" => t.unsure("history recall changed the line"),
+            seq if Some(seq) == SYNC_KEY.get(1..) => {
+                t.unsure("the bastion's sync key in the input");
+                t.hostile = Some("the bastion's sync key in the input".into());
+            }
             b"[200~" => self.in_paste = true,
             b"[201~" => self.in_paste = false,
             _ => t.unsure("escape sequence in the typed input"),
@@ -435,8 +639,23 @@ impl LineTracker {
     /// the echo has not arrived; wait a little before [`Self::line`].
     pub fn echo_pending(&self) -> bool {
         match self.screen_line() {
-            Some(Ok(s)) => self.typed.unsure.is_none() && s != self.typed.string(),
+            Some(Ok(s)) => self.typed.unsure.is_none() && !self.agrees(&s),
             _ => false,
+        }
+    }
+
+    /// Does the screen line match the typed keys (with or without those
+    /// typed ahead of the prompt)? Keys typed ahead that recalled history
+    /// or completed cannot be compared: the screen (after the sync) rules.
+    fn agrees(&self, screen: &str) -> bool {
+        let typed = self.typed.string();
+        if screen == typed {
+            return true;
+        }
+        match &self.ahead {
+            Some(a) if a.unsure.is_some() => true,
+            Some(a) => screen == format!("{}{typed}", a.string()),
+            None => false,
         }
     }
 
@@ -445,11 +664,15 @@ impl LineTracker {
         let typed = self.typed.string();
         match self.screen_line() {
             Some(Ok(line)) => {
-                let certainty = if let Some(why) =
-                    self.screen_unsure.as_ref().or(self.typed.hostile.as_ref())
+                let ahead_hostile = self.ahead.as_ref().and_then(|a| a.hostile.as_ref());
+                let certainty = if let Some(why) = self
+                    .screen_unsure
+                    .as_ref()
+                    .or(self.typed.hostile.as_ref())
+                    .or(ahead_hostile)
                 {
                     Certainty::Unsure(why.clone())
-                } else if self.typed.unsure.is_none() && line != typed {
+                } else if self.typed.unsure.is_none() && !self.agrees(&line) {
                     Certainty::Unsure("the screen and the typed input disagree".into())
                 } else {
                     Certainty::Screen
@@ -476,6 +699,7 @@ impl LineTracker {
     /// The held Enter was released to the shell.
     pub fn submitted(&mut self) {
         self.typed = Typed::default();
+        self.ahead = None;
         if self.marks_seen {
             // C arrives with the command; until then this is not a prompt.
             self.editing = false;
@@ -485,6 +709,7 @@ impl LineTracker {
     /// The line was refused and [`CLEAR_LINE`] sent instead.
     pub fn cleared(&mut self) {
         self.typed = Typed::default();
+        self.ahead = None;
     }
 }
 

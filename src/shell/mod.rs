@@ -6,6 +6,9 @@
 //! bastion's own environment (cloud credentials, tokens) leaks into sessions.
 //! When the configured account differs from the one running sallyport, the
 //! child drops to it (`setpriv` for ptys, `setuid`/`setgid` for pipes).
+//! An interactive bash gets sallyport's rcfile ([`RcFile`], `bash --rcfile
+//! FILE -i`), which marks its prompts for the interactive line guard; other
+//! shells start as login shells without marks.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -85,6 +88,9 @@ pub struct Spec {
     /// `None`: interactive shell; `Some`: run this command line.
     pub command: Option<String>,
     pub env: Vec<(String, String)>,
+    /// For an interactive bash: the rcfile to start it with instead of a
+    /// login shell (it sources the user's own ~/.bashrc).
+    pub rcfile: Option<PathBuf>,
 }
 
 impl Spec {
@@ -105,14 +111,74 @@ impl Spec {
             );
         }
         argv.push(self.shell.clone().into_os_string());
-        match &self.command {
-            Some(c) => {
+        match (&self.command, &self.rcfile) {
+            (Some(c), _) => {
                 argv.push("-c".into());
                 argv.push(c.into());
             }
-            None => argv.push("-l".into()),
+            (None, Some(rc)) if is_bash(&self.shell) => {
+                argv.push("--rcfile".into());
+                argv.push(rc.clone().into_os_string());
+                argv.push("-i".into());
+            }
+            (None, _) => argv.push("-l".into()),
         }
         argv
+    }
+}
+
+/// Is this shell bash (by its file name), i.e. will it read [`RcFile`]?
+pub fn is_bash(shell: &std::path::Path) -> bool {
+    shell.file_name().is_some_and(|n| n == "bash")
+}
+
+/// A session's copy of an rcfile, in the temp dir, removed on drop. The
+/// content is public (it is sallyport's shell integration); what matters is
+/// that the user cannot change it before bash reads it: it is created new
+/// (never through an existing name or link) and read-only for others, in a
+/// sticky directory.
+#[derive(Debug)]
+pub struct RcFile {
+    path: PathBuf,
+}
+
+impl RcFile {
+    /// Write `content` to a new file named after `session_id`.
+    pub fn write(content: &str, session_id: &str) -> Result<RcFile, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let safe: String = session_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "sallyport-rc-{safe}-{:08x}.bash",
+            rand::random::<u32>()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| Error::Spawn {
+                program: path.display().to_string(),
+                message: format!("cannot write the rcfile: {e}"),
+            })?;
+        let file = RcFile { path };
+        f.write_all(content.as_bytes()).map_err(|e| Error::Spawn {
+            program: file.path.display().to_string(),
+            message: format!("cannot write the rcfile: {e}"),
+        })?;
+        Ok(file)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for RcFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -421,12 +487,35 @@ mod tests {
             command: Some("echo $SALLYPORT_SESSION_ID; echo err >&2; exit 3".into()),
             env: session_env(&a, std::path::Path::new("/bin/sh"), None, "s1", None, &[]),
             account: a,
+            rcfile: None,
         };
         let child = spawn_pipes(&spec).unwrap();
         let out = child.wait_with_output().await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "s1\n");
         assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
         assert_eq!(exit_of(out.status), Exit::Code(3));
+    }
+
+    #[test]
+    fn interactive_bash_gets_the_rcfile_others_a_login_shell() {
+        let rc = RcFile::write("PS1='marked$ '\n", "sess/../x").unwrap();
+        assert!(rc.path().starts_with(std::env::temp_dir()));
+        assert!(!rc.path().to_string_lossy().contains(".."));
+        let spec = |shell: &str, command: Option<&str>| Spec {
+            account: me(),
+            shell: PathBuf::from(shell),
+            command: command.map(str::to_string),
+            env: Vec::new(),
+            rcfile: Some(rc.path().to_path_buf()),
+        };
+        let argv = spec("/bin/bash", None).argv();
+        let tail: Vec<_> = argv.iter().rev().take(3).rev().collect();
+        assert_eq!(tail, ["--rcfile", &rc.path().to_string_lossy(), "-i"]);
+        assert_eq!(spec("/bin/sh", None).argv().last().unwrap(), "-l");
+        assert_eq!(spec("/bin/bash", Some("id")).argv().last().unwrap(), "id");
+        let path = rc.path().to_path_buf();
+        drop(rc);
+        assert!(!path.exists(), "rcfile left behind");
     }
 
     #[test]
@@ -444,6 +533,7 @@ mod tests {
                 &[],
             ),
             account: a,
+            rcfile: None,
         };
         let (_child, mut io) = spawn_pty(&spec, 100, 30).unwrap();
         let mut out = Vec::new();

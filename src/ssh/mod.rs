@@ -12,6 +12,8 @@
 //!   the per-channel output masker behind the output seam.
 //! - [`reload`]: what a running session holds from policy, re-checked when
 //!   the policy is reloaded; the session limits (max duration, idle).
+//! - [`lineguard`]: the interactive line guard of pty shells: every line is
+//!   checked with policy before its Enter reaches the shell.
 //! - [`session`]: one task per shell/exec channel that pumps bytes between
 //!   the child and the client through the two seams the masker and the
 //!   command guard plug into ([`session::OutputSeam`], [`session::InputSeam`]).
@@ -33,6 +35,7 @@ use crate::shell::Account;
 
 pub mod accept;
 pub mod handler;
+pub mod lineguard;
 pub mod masking;
 pub mod reload;
 pub mod session;

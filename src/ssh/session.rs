@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::handler::Authed;
+use super::lineguard::{Intake, LineGuard, LineShared};
 use super::masking::{OutputMask, Passed, SessionMask};
 use super::reload::{self, Held};
 use crate::audit::Store;
@@ -134,7 +135,7 @@ impl Control {
 
 /// Bytes of client input queued for a channel's input task.
 #[derive(Debug, Default)]
-struct Queued {
+pub(super) struct Queued {
     bytes: std::sync::atomic::AtomicUsize,
     drained: tokio::sync::Notify,
     /// Last client input, for the idle timeout.
@@ -142,7 +143,7 @@ struct Queued {
 }
 
 impl Queued {
-    fn take(&self, n: usize) {
+    pub(super) fn take(&self, n: usize) {
         let _ = self
             .bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
@@ -163,6 +164,8 @@ pub struct OutputSeam {
     session_id: String,
     /// Secrets masked outside the output (the exec command).
     other_hits: u64,
+    /// The interactive line guard's view of the screen (pty shells).
+    line: Option<Arc<LineShared>>,
 }
 
 impl OutputSeam {
@@ -175,6 +178,9 @@ impl OutputSeam {
     /// [`Self::flush_at`] has passed and at the end of the output.
     pub fn deliver(&mut self, data: Bytes, stderr: bool) -> Result<Bytes, record::Error> {
         self.bytes_out += data.len() as u64;
+        if let Some(l) = &self.line {
+            l.output(&data);
+        }
         let p = self.mask.push(data, stderr);
         self.pass(&p, stderr)?;
         Ok(p.client)
@@ -241,6 +247,9 @@ pub struct InputSeam {
     /// The session's masking: `mask.mask_text(line)` before a typed line
     /// goes into the audit log.
     pub mask: SessionMask,
+    /// The interactive line guard (pty shells): takes over the channel's
+    /// input once the session runs (see [`super::lineguard`]).
+    guard: Option<LineGuard>,
 }
 
 impl InputSeam {
@@ -257,7 +266,7 @@ impl InputSeam {
     }
 }
 
-fn with_recorder(
+pub(super) fn with_recorder(
     rec: &Arc<Mutex<Option<Recorder>>>,
     f: impl FnOnce(&mut Recorder) -> Result<(), record::Error>,
 ) -> Result<(), record::Error> {
@@ -271,7 +280,7 @@ fn with_recorder(
     }
 }
 
-fn event(shared: &Shared, e: Event<'_>) {
+pub(super) fn event(shared: &Shared, e: Event<'_>) {
     if let Err(err) = shared.store.record_event(&e) {
         tracing::error!(error = %err, "audit: cannot record event");
     }
@@ -478,10 +487,10 @@ pub fn start(
 }
 
 /// Longest command text kept in audit rows, markers and messages.
-const MAX_SHOWN: usize = 4096;
+pub(super) const MAX_SHOWN: usize = 4096;
 
 /// At most `max` bytes of `s`, cut at a char boundary, "…" when cut.
-fn clip(s: &str, max: usize) -> String {
+pub(super) fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
@@ -645,8 +654,8 @@ impl Launch {
             p.cols = c;
             p.rows = r;
         }
-        let why = match outcome {
-            Ok(approval::Outcome::Approved { by }) => {
+        let why = match not_approved(&id, &reason, outcome) {
+            Ok(by) => {
                 let _ = with_marker(&mut self.recorder, &format!("approved by {by} ({id})"));
                 event(
                     &self.shared,
@@ -675,13 +684,7 @@ impl Launch {
                 }
                 return;
             }
-            Ok(approval::Outcome::Denied { by, reason: note }) => match note {
-                Some(n) => format!("approval {id} denied by {by}: {n}"),
-                None => format!("approval {id} denied by {by}"),
-            },
-            Ok(approval::Outcome::Expired) => format!("approval {id} expired ({reason})"),
-            Ok(approval::Outcome::Withdrawn) => format!("approval {id} withdrawn"),
-            Err(e) => format!("approval {id} failed: {e}"),
+            Err(why) => why,
         };
         tracing::info!("exec not approved: {why}");
         refuse_on_channel(&handle, ch, &format!("sallyport: blocked: {why}\n")).await;
@@ -727,11 +730,26 @@ impl Launch {
             self.original.as_deref(),
             &self.env,
         );
+        // A pty shell is guarded line by line; bash gets the rcfile that
+        // marks its prompts (other shells: typed input only).
+        let guarded = self.pty.is_some() && self.command.is_none();
+        let rcfile = if guarded && shell::is_bash(&shared.shell) {
+            match shell::RcFile::write(crate::guard::line::BASH_RC, &self.session_id) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting bash without prompt marks");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let spec = Spec {
             account: shared.account.clone(),
             shell: shared.shell.clone(),
             command: self.command.clone(),
             env,
+            rcfile: rcfile.as_ref().map(|f| f.path().to_path_buf()),
         };
         let child = if self.pty.is_some() {
             shell::spawn_pty(&spec, cols, rows).map(Child::Pty)
@@ -795,12 +813,31 @@ impl Launch {
         let recorder = Arc::new(Mutex::new(Some(recorder)));
         let failed = CancellationToken::new();
         let bytes_in = Arc::new(AtomicU64::new(0));
+        let line = guarded.then(|| {
+            LineShared::new(
+                rows.clamp(1, u16::MAX as u32) as u16,
+                cols.clamp(1, u16::MAX as u32) as u16,
+            )
+        });
+        let guard = line.as_ref().map(|l| LineGuard {
+            line: Arc::clone(l),
+            shared: Arc::clone(shared),
+            identity: identity.clone(),
+            session_id: self.session_id.clone(),
+            conn_id: self.conn_id.clone(),
+            mask: self.mask.clone(),
+            recorder: Arc::clone(&recorder),
+            handle: self.handle.clone(),
+            channel: self.channel,
+            rcfile,
+        });
         let input = InputSeam {
             recorder: Arc::clone(&recorder),
             record_input: self.record_input,
             bytes_in: Arc::clone(&bytes_in),
             pty: self.pty.is_some(),
             mask: self.mask.clone(),
+            guard,
         };
         self.running.send_modify(|n| *n += 1);
         let task = Task {
@@ -817,6 +854,7 @@ impl Launch {
                 store: shared.store.clone(),
                 session_id: self.session_id.clone(),
                 other_hits: command_hits.len() as u64,
+                line,
             },
             bytes_in,
             failed,
@@ -833,6 +871,25 @@ impl Launch {
             self.span.clone(),
         ));
         Ok(())
+    }
+}
+
+/// How an approval wait ended, for exec commands and typed lines alike:
+/// `Ok(approver)` or `Err(why it may not run)`.
+pub(super) fn not_approved(
+    id: &str,
+    reason: &str,
+    outcome: Result<approval::Outcome, approval::Error>,
+) -> Result<String, String> {
+    match outcome {
+        Ok(approval::Outcome::Approved { by }) => Ok(by),
+        Ok(approval::Outcome::Denied { by, reason: note }) => Err(match note {
+            Some(n) => format!("approval {id} denied by {by}: {n}"),
+            None => format!("approval {id} denied by {by}"),
+        }),
+        Ok(approval::Outcome::Expired) => Err(format!("approval {id} expired ({reason})")),
+        Ok(approval::Outcome::Withdrawn) => Err(format!("approval {id} withdrawn")),
+        Err(e) => Err(format!("approval {id} failed: {e}")),
     }
 }
 
@@ -1242,6 +1299,9 @@ impl Task {
             cols.clamp(1, u16::MAX as u32) as u16,
             rows.clamp(1, u16::MAX as u32) as u16,
         );
+        if let Some(l) = &self.output.line {
+            l.resize(r, c);
+        }
         if let Err(e) = with_recorder(&self.output.recorder, |rec| rec.resize(c, r)) {
             self.recording_failed(&e);
         }
@@ -1420,6 +1480,18 @@ async fn input_loop(
         }
     }
     let _release = Release(Arc::clone(&queued));
+    if let Some(guard) = seam.guard.take()
+        && let Sink::Pty(tx) = &sink
+    {
+        let intake = Intake {
+            seam: &mut seam,
+            rx: &mut rx,
+            queued: &queued,
+            failed: &failed,
+        };
+        guard.run(intake, tx.clone()).await;
+        return;
+    }
     while let Some(i) = rx.recv().await {
         match i {
             Input::Data(d) => {

@@ -21,6 +21,7 @@ mod krl;
 mod kube_portforward;
 mod kubeapi;
 mod kubewire;
+mod lineguard;
 mod login;
 mod masking;
 mod oidc;

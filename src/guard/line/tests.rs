@@ -241,3 +241,176 @@ fn recorded_bash_session() {
     assert_eq!(s.line, "");
     assert_eq!(s.certainty, Certainty::Screen);
 }
+
+#[test]
+fn an_enter_is_never_swallowed_by_an_escape_sequence() {
+    // ESC then CR in one chunk: the CR is still an Enter to check.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"rm x", b"rm x");
+    let a = t.input(b"\x1b\r");
+    assert_eq!(
+        a,
+        vec![
+            Action::Forward(b"\x1b".to_vec()),
+            Action::Enter(b"\r".to_vec())
+        ]
+    );
+    assert_eq!(t.line().line, "rm x");
+    // Ctrl-V ESC: the ESC is literal, the CR after it a real Enter, and
+    // the line untrustworthy (hidden text).
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"touch x #", b"touch x #");
+    let a = t.input(b"\x16\x1b\r");
+    assert_eq!(a.last(), Some(&Action::Enter(b"\r".to_vec())));
+    assert!(t.line().is_unsure());
+    // Ctrl-V CR inserts a literal CR: not an Enter.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    let a = t.input(b"a\x16\rb");
+    assert!(a.iter().all(|x| matches!(x, Action::Forward(_))), "{a:?}");
+}
+
+#[test]
+fn ctrl_o_runs_the_line_so_it_is_an_enter() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    let a = type_keys(&mut t, b"id\x0f", b"id");
+    assert_eq!(a.last(), Some(&Action::Enter(vec![0x0f])));
+}
+
+#[test]
+fn a_sync_redraw_keeps_the_line_and_the_sync_key_in_input_is_hostile() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"ls -l", b"ls -l");
+    assert!(t.at_prompt());
+    let n = t.syncs();
+    // What bash prints for the bound sync key: clear, S, redraw.
+    t.output(b"\r\x1b[K\r\x1b]133;S\x07\x1b]133;A\x07alice@host:~$ \x1b]133;B\x07ls -l");
+    assert_eq!(t.syncs(), n + 1);
+    assert!(t.at_prompt());
+    assert_eq!(
+        t.line(),
+        Submitted {
+            line: "ls -l".into(),
+            certainty: Certainty::Screen
+        }
+    );
+    // The user typing the sync key themselves cannot fake an answer
+    // unnoticed: the line becomes unsure.
+    t.input(SYNC_KEY);
+    assert!(t.line().is_unsure());
+}
+
+#[test]
+fn command_output_is_not_modelled_and_the_next_prompt_starts_fresh() {
+    let mut t = LineTracker::new(24, 80);
+    t.output(b"\x1b[?2004h");
+    prompt(&mut t);
+    type_keys(&mut t, b"cat big", b"cat big");
+    t.input(b"\r");
+    t.submitted();
+    t.output(b"\r\n\x1b[?2004l\r");
+    t.output(C);
+    // Whatever the command prints (alternate screen, scroll region, a
+    // cursor left mid-row, lots of it), the next prompt is read right.
+    t.output(b"\x1b[?1049h\x1b[5;10r\x1b[2J");
+    for _ in 0..1000 {
+        t.output(&[b'x'; 997]);
+    }
+    assert!(!t.shell_paste());
+    // The paste mode switch arrives split across chunks.
+    t.output(b"\x1b]133;D;0\x07\x1b[?20");
+    t.output(b"04h");
+    assert!(t.shell_paste());
+    prompt(&mut t);
+    type_keys(&mut t, b"rm x", b"rm x");
+    assert_eq!(
+        t.line(),
+        Submitted {
+            line: "rm x".into(),
+            certainty: Certainty::Screen
+        }
+    );
+}
+
+#[test]
+fn keys_typed_ahead_of_the_prompt_are_part_of_the_line() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"sleep 1", b"sleep 1");
+    t.input(b"\r");
+    t.submitted();
+    t.output(b"\r\n");
+    t.output(C);
+    // Typed while the command runs; the tty echoes, bash reads it later.
+    t.input(b"ex");
+    t.output(b"ex");
+    t.output(b"\x1b]133;D;0\x07");
+    prompt(&mut t);
+    t.output(b"ex");
+    type_keys(&mut t, b"it", b"it");
+    assert_eq!(
+        t.line(),
+        Submitted {
+            line: "exit".into(),
+            certainty: Certainty::Screen
+        }
+    );
+    // Keys a program ate (not shown at the prompt) do not disturb either.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    t.input(b"\r");
+    t.submitted();
+    t.output(C);
+    t.input(b":q");
+    prompt(&mut t);
+    type_keys(&mut t, b"ls", b"ls");
+    assert_eq!(t.line().certainty, Certainty::Screen);
+    // Hidden text typed ahead stays hidden text.
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    t.input(b"\r");
+    t.submitted();
+    t.output(C);
+    t.input(b"x\x16\x1b");
+    prompt(&mut t);
+    t.output(b"x^[");
+    assert!(t.line().is_unsure());
+}
+
+#[test]
+fn the_sync_is_complete_only_once_the_line_is_redrawn() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    type_keys(&mut t, b"rm x", b"rm x");
+    let n = t.syncs();
+    // The S mark arrives in one read, the redraw in the next.
+    t.output(b"\r\x1b[K\r\x1b]133;S\x07");
+    assert!(!t.synced(n + 1));
+    t.output(b"\x1b]133;A\x07alice@host:~$ \x1b]133;B\x07rm x");
+    assert!(t.synced(n + 1));
+    assert_eq!(t.line().line, "rm x");
+}
+
+#[test]
+fn a_megabyte_without_enter_and_invalid_utf8_do_not_break_it() {
+    let mut t = LineTracker::new(24, 80);
+    prompt(&mut t);
+    let big = vec![b'a'; 1 << 20];
+    for chunk in big.chunks(4096) {
+        let a = t.input(chunk);
+        assert!(a.iter().all(|x| matches!(x, Action::Forward(_))));
+        t.output(chunk);
+    }
+    t.input(b"\xff\xfe\xc3");
+    t.output(b"\xff\xfe\xc3");
+    let a = t.input(b"\r");
+    assert_eq!(a, vec![Action::Enter(b"\r".to_vec())]);
+    // The prompt scrolled away: not readable from the screen.
+    let s = t.line();
+    assert!(s.is_unsure(), "{:?}", s.certainty);
+    assert!(s.line.len() >= 1 << 20);
+}
