@@ -514,8 +514,8 @@ async fn run<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 's
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let mut stdin = child.stdin.take();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
     let pump = |mut src: Box<dyn tokio::io::AsyncRead + Unpin + Send>, ch: u8| {
         let w = w.clone();
         async move {

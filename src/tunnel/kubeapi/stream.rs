@@ -484,37 +484,12 @@ impl Up {
             return self.stdin(dst, data).await;
         };
         match mode {
+            // One line at a time: the tracker's idea of the line must be
+            // the one before *this* Enter, not include keys typed after it
+            // in the same message (type-ahead, pastes, scripted input).
             GuardMode::Tty => {
-                let actions = lock(&self.tracker).input(data);
-                for a in actions {
-                    match a {
-                        Action::Forward(b) => self.stdin(dst, &b).await?,
-                        Action::Enter(b) => {
-                            dst.flush().await?;
-                            // Let the echo of the forwarded keys arrive
-                            // (only matters when the screen has prompt marks).
-                            let deadline = tokio::time::Instant::now() + ECHO_WAIT;
-                            while lock(&self.tracker).echo_pending()
-                                && tokio::time::Instant::now() < deadline
-                            {
-                                tokio::time::sleep(Duration::from_millis(5)).await;
-                            }
-                            let sub = lock(&self.tracker).line();
-                            match checker.check(&sub) {
-                                LineOutcome::Allow => {
-                                    self.stdin(dst, &b).await?;
-                                    lock(&self.tracker).submitted();
-                                }
-                                LineOutcome::Block { reason, shown } => {
-                                    let mut clear = CLEAR_LINE.to_vec();
-                                    clear.push(b'\r');
-                                    self.stdin(dst, &clear).await?;
-                                    lock(&self.tracker).cleared();
-                                    self.blocked(1, &shown, &reason, "\r\n")?;
-                                }
-                            }
-                        }
-                    }
+                for piece in data.split_inclusive(|b| *b == b'\r' || *b == b'\n') {
+                    self.tty_piece(piece, dst, &checker).await?;
                 }
                 Ok(())
             }
@@ -530,6 +505,47 @@ impl Up {
                 Ok(())
             }
         }
+    }
+
+    /// Keys up to and including at most one Enter (terminal mode).
+    async fn tty_piece<W: AsyncWrite + Unpin>(
+        &mut self,
+        piece: &[u8],
+        dst: &mut W,
+        checker: &SharedChecker,
+    ) -> std::io::Result<()> {
+        let actions = lock(&self.tracker).input(piece);
+        for a in actions {
+            match a {
+                Action::Forward(b) => self.stdin(dst, &b).await?,
+                Action::Enter(b) => {
+                    dst.flush().await?;
+                    // Let the echo of the forwarded keys arrive
+                    // (only matters when the screen has prompt marks).
+                    let deadline = tokio::time::Instant::now() + ECHO_WAIT;
+                    while lock(&self.tracker).echo_pending()
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    let sub = lock(&self.tracker).line();
+                    match checker.check(&sub) {
+                        LineOutcome::Allow => {
+                            self.stdin(dst, &b).await?;
+                            lock(&self.tracker).submitted();
+                        }
+                        LineOutcome::Block { reason, shown } => {
+                            let mut clear = CLEAR_LINE.to_vec();
+                            clear.push(b'\r');
+                            self.stdin(dst, &clear).await?;
+                            lock(&self.tracker).cleared();
+                            self.blocked(1, &shown, &reason, "\r\n")?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Check one held line (no-terminal mode); forward it or drop it.
@@ -1064,6 +1080,32 @@ mod tests {
             cast.contains("\"m\", \"blocked: rm -rf /x (test rule 'rm *')\""),
             "{cast}"
         );
+    }
+
+    #[tokio::test]
+    async fn tty_guard_checks_each_line_of_type_ahead_in_one_frame() {
+        let checker = Arc::new(BlockRm(Mutex::new(Vec::new())));
+        let mut h = start(
+            true,
+            Some((GuardMode::Tty, checker.clone() as SharedChecker)),
+        );
+        h.client
+            .write_all(&stdin_frame(b"ls\nrm -rf /x\necho ok\n"))
+            .await
+            .unwrap();
+        h.client.shutdown().await.unwrap();
+        let (_, frames) = drain(&mut h.server).await;
+        assert_eq!(channel(&frames, 0), "ls\nrm -rf /x\x05\x15\recho ok\n");
+        let lines: Vec<String> = checker
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.line.clone())
+            .collect();
+        assert_eq!(lines, ["ls", "rm -rf /x", "echo ok"]);
+        h.server.shutdown().await.unwrap();
+        let _ = h.done.await;
     }
 
     #[tokio::test]
