@@ -10,7 +10,10 @@
 //! credentials are added by the upstream `kube::Client`, and one audit row is
 //! written when the response (or upgraded stream) ends. Watches and
 //! `logs -f` stream through unbuffered; `exec` / `attach` / `port-forward`
-//! upgrades (SPDY/3.1 or WebSocket) are spliced after the 101.
+//! upgrades (SPDY/3.1 or WebSocket) are spliced after the 101. An `exec`'s
+//! argv is checked against `[role.exec]` before it goes upstream ([`exec`]);
+//! `exec`/`attach` WebSocket streams go through a frame relay that records,
+//! masks and checks typed lines ([`stream`]).
 //!
 //! Plain HTTP inside the stream, not TLS: the SSH channel already encrypts
 //! and authenticates both ends, the client listens on its own loopback
