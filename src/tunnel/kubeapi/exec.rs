@@ -73,13 +73,14 @@ const SHELLS: &[&str] = &[
 ];
 
 /// Does argv start a shell that reads commands from stdin (no `-c`
-/// payload, no script file)? Its typed lines are then checked one by one.
+/// payload, no script file) — anywhere in it, so `sh -c 'sh; ls'` counts?
+/// Its typed lines are then checked one by one.
 pub fn is_interactive_shell(argv: &[String]) -> bool {
-    let cl = command_line(argv);
-    let Some(last) = cl.simple.last() else {
-        return false;
-    };
-    let mut args = last.iter().map(String::as_str);
+    command_line(argv).simple.iter().any(|a| reads_commands(a))
+}
+
+fn reads_commands(argv: &[String]) -> bool {
+    let mut args = argv.iter().map(String::as_str);
     let Some(mut prog) = args.next() else {
         return false;
     };
@@ -299,6 +300,8 @@ mod tests {
             &["bash", "-l"],
             &["busybox", "sh"],
             &["env", "TERM=xterm", "bash"],
+            &["sh", "-c", "sh; ls"],
+            &["bash", "-c", "exec bash -l"],
         ] {
             assert!(is_interactive_shell(&v(a)), "{a:?}");
         }

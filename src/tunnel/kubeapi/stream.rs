@@ -903,13 +903,17 @@ mod tests {
     }
 
     fn start(live: bool, guard: Option<(GuardMode, SharedChecker)>) -> Harness {
+        start_enc(Encoding::Binary, live, guard)
+    }
+
+    fn start_enc(enc: Encoding, live: bool, guard: Option<(GuardMode, SharedChecker)>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let cast = dir.path().join("k.cast");
         let rec = Recorder::create(&cast, &crate::record::Header::default()).unwrap();
         let masker = Masker::builtin().unwrap();
         let m2 = masker.clone();
         let cfg = RelayConfig {
-            enc: Encoding::Binary,
+            enc,
             recorder: Some(Arc::new(Mutex::new(rec))),
             masker,
             live,
@@ -999,6 +1003,35 @@ mod tests {
         assert!(seen.contains(SECRET), "{seen}");
         assert!(!cast.contains(&SECRET[10..]), "{cast}");
         assert!(cast.contains("[MASKED:github-token]"), "{cast}");
+    }
+
+    #[tokio::test]
+    async fn base64_protocol_is_masked_and_reencoded() {
+        let mut h = start_enc(Encoding::Base64, true, None);
+        let b64 = |ch: u8, d: &str| {
+            let (op, p) = encode_message(Encoding::Base64, ch, d.as_bytes());
+            frame(op, &p, None)
+        };
+        let (a, b) = SECRET.split_at(20);
+        h.server.write_all(&b64(1, a)).await.unwrap();
+        h.server
+            .write_all(&b64(1, &format!("{b}\n")))
+            .await
+            .unwrap();
+        h.server.shutdown().await.unwrap();
+        h.client.shutdown().await.unwrap();
+        let mut raw = Vec::new();
+        h.client.read_to_end(&mut raw).await.unwrap();
+        let frames = FrameReader::default().push(&raw).unwrap();
+        let mut seen = Vec::new();
+        for f in &frames {
+            assert_eq!(f.opcode, 1, "text frames for the base64 protocol");
+            if let Some((1, d)) = channel_message(f, Encoding::Base64).unwrap() {
+                seen.extend(d);
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&seen), "[MASKED:github-token]\n");
+        let _ = h.done.await;
     }
 
     #[tokio::test]

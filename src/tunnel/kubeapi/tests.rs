@@ -713,3 +713,54 @@ async fn typed_lines_are_checked_and_unsure_ones_denied_when_strict() {
     let allowed = store.list_events(Some("command-allowed"), 10).unwrap();
     assert_eq!(allowed.len(), 2, "{allowed:?}");
 }
+
+#[tokio::test]
+async fn guarded_shell_refuses_spdy_even_unrecorded() {
+    // Not recorded, masking not live, but stdin into a shell must be
+    // line-checked: SPDY cannot be read, so it is refused before upstream.
+    let (port, seen) = upstream().await;
+    let (ctx, store, _d) = ctx(port, Decision::allow("allow"), None).await;
+    let mut c = client(ctx).await;
+    let mut req = get("/api/v1/namespaces/dev/pods/web/exec?command=sh&stdin=true&tty=true");
+    *req.method_mut() = hyper::Method::POST;
+    req.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    req.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    let res = c.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(res).await.contains("WebSocket"));
+    assert!(seen.lock().unwrap().is_empty());
+    let r = rows(&store, 1).await;
+    assert_eq!(r[0].decision, "deny");
+    assert!(
+        r[0].reason.contains("WebSocket required"),
+        "{}",
+        r[0].reason
+    );
+}
+
+#[tokio::test]
+async fn exec_command_in_the_audit_path_is_masked() {
+    let (port, _seen) = upstream().await;
+    let (mut ctx, store, _d) = ctx(port, Decision::allow("allow"), None).await;
+    let masker = crate::mask::Masker::builtin().unwrap();
+    ctx.mask = Arc::new(move |b: &[u8]| masker.mask(b).bytes);
+    ctx.authorizer = Arc::new(ExecRules { strict: false });
+    let mut c = client(ctx).await;
+    // Denied (rm), so nothing runs; the row still holds the command.
+    let res = c
+        .send_request(exec_request(
+            "command=rm&command=-rf&command=password%3Dhunter2&stdout=true",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let body = body_text(res).await;
+    assert!(!body.contains("hunter2"), "{body}");
+    let r = rows(&store, 1).await;
+    assert!(!r[0].path.contains("hunter2"), "{}", r[0].path);
+    assert!(r[0].path.contains("MASKED"), "{}", r[0].path);
+    let ev = store.list_events(Some("command-blocked"), 10).unwrap();
+    assert!(!ev[0].detail.contains("hunter2"), "{ev:?}");
+}
