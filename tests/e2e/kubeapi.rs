@@ -694,7 +694,8 @@ fn kubeapi_kubectl_exec_it_with_a_tty_is_recorded() {
         r.explain()
     );
     assert!(all("o").contains("echo tty works"), "{text}");
-    assert!(all("o").contains("\ntty works"), "{text}");
+    // The echo of the typed line and the command's output.
+    assert!(all("o").matches("tty works").count() >= 2, "{text}");
     // kubectl sends the terminal size first (channel 4): a resize event.
     assert!(has("r", "100x30"), "{text}");
     assert!(has("m", "Success"), "{text}");
@@ -910,7 +911,7 @@ fn kubeapi_exec_it_shell_denied_typed_line_never_reaches_the_shell() {
         r.explain()
     );
     assert!(
-        out.contains("$ secret [MASKED:github-token]"),
+        out.matches("[MASKED:github-token]").count() >= 2,
         "{}",
         r.explain()
     );

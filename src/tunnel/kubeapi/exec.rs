@@ -14,6 +14,8 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use crate::audit::events::Event;
 use crate::guard::line::{Certainty, Submitted};
 use crate::guard::{CommandLine, parse};
@@ -165,10 +167,12 @@ pub enum LineOutcome {
     Allow,
     /// Clear the line; tell the user `reason`; `shown` is the masked line.
     Block { reason: String, shown: String },
+    /// Hold the Enter until [`LineCheck::approve`] answers.
+    Approve { reason: String, shown: String },
 }
 
 /// Checks lines typed into a shell in a pod against `[role.exec]` (the
-/// policy in force at the time of each line) and audits refusals.
+/// policy in force at the time of each line) and audits the outcome.
 #[derive(Clone)]
 pub struct LineChecker {
     ctx: KubeProxyContext,
@@ -188,17 +192,35 @@ impl LineChecker {
     pub fn new(ctx: KubeProxyContext, target: String) -> Self {
         Self { ctx, target }
     }
+
+    fn event(&self, kind: &str, shown: &str, decision: &str, reason: &str) {
+        record_event(
+            &self.ctx,
+            Event {
+                connection_id: Some(self.ctx.session_id.as_str()).filter(|s| !s.is_empty()),
+                session_id: None,
+                kind,
+                subject: Some(&self.ctx.identity.subject),
+                detail: &format!("kubectl exec {}: {shown}", self.target),
+                decision: Some(decision),
+                reason: Some(reason),
+            },
+        );
+    }
 }
 
-/// The relay's question for each submitted line.
+/// The relay's questions for each submitted line.
 pub trait LineCheck: Send + Sync {
     fn check(&self, sub: &Submitted) -> LineOutcome;
+    /// Ask a human about a line under `approve`: `Ok(())` approved,
+    /// `Err(why)` not. The default refuses.
+    fn approve(&self, _shown: &str, _reason: &str) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Err("no approvals for typed lines".to_string()) })
+    }
 }
 
 impl LineCheck for LineChecker {
-    /// Decide one line. Unsure lines are denied under a strict grant;
-    /// `approve` is refused (approvals for typed lines are not offered: the
-    /// shell cannot wait at a prompt for minutes).
+    /// Decide one line. Unsure lines are denied under a strict grant.
     fn check(&self, sub: &Submitted) -> LineOutcome {
         let line = sub.line.trim();
         if line.is_empty() {
@@ -213,50 +235,68 @@ impl LineCheck for LineChecker {
             _ => auth.exec(id, &parse::parse(line)),
         };
         let shown = shown(&self.ctx.mask, line);
-        let reason =
-            String::from_utf8_lossy(&(self.ctx.mask)(decision.reason.as_bytes())).into_owned();
-        let (kind, outcome) = match decision.verdict {
-            Verdict::Allow => ("command-allowed", LineOutcome::Allow),
-            Verdict::Deny => (
-                "command-blocked",
-                LineOutcome::Block {
-                    reason: reason.clone(),
-                    shown: shown.clone(),
-                },
-            ),
-            Verdict::Approve => (
-                "command-blocked",
-                LineOutcome::Block {
-                    reason: format!(
-                        "{reason} (needs approval; typed lines cannot wait for one: run it as `kubectl exec ... -- sh -c '...'`)"
-                    ),
-                    shown: shown.clone(),
-                },
-            ),
-        };
-        let detail = format!("kubectl exec {}: {shown}", self.target);
-        let audited_reason = match &outcome {
-            LineOutcome::Block { reason, .. } => reason.clone(),
-            LineOutcome::Allow => reason,
-        };
-        let decision_s = match outcome {
-            LineOutcome::Allow => "allow",
-            LineOutcome::Block { .. } => "deny",
-        };
-        record_event(
-            &self.ctx,
-            Event {
-                connection_id: Some(self.ctx.session_id.as_str()).filter(|s| !s.is_empty()),
-                session_id: None,
-                kind,
-                subject: Some(&id.subject),
-                detail: &detail,
-                decision: Some(decision_s),
-                reason: Some(&audited_reason),
-            },
-        );
-        outcome
+        let reason = shown_reason(&self.ctx.mask, &decision.reason);
+        match decision.verdict {
+            Verdict::Allow => {
+                self.event("command-allowed", &shown, "allow", &reason);
+                LineOutcome::Allow
+            }
+            Verdict::Deny => {
+                self.event("command-blocked", &shown, "deny", &reason);
+                LineOutcome::Block { reason, shown }
+            }
+            // Audited when the approval ends.
+            Verdict::Approve => LineOutcome::Approve { reason, shown },
+        }
     }
+
+    /// Through the proxy's approver (the approvals table, decided with
+    /// `sallyport approvals approve|deny ID`), at most the grant's
+    /// `approval_timeout`; the shell waits, keys typed meanwhile queue.
+    fn approve(&self, shown: &str, reason: &str) -> BoxFuture<'static, Result<(), String>> {
+        let this = self.clone();
+        let shown = shown.to_string();
+        let reason = reason.to_string();
+        Box::pin(async move {
+            let outcome = match &this.ctx.approver {
+                None => Err("no approver is configured".to_string()),
+                Some(a) => {
+                    let ask = super::ApprovalRequest {
+                        requester: (*this.ctx.identity).clone(),
+                        session_id: this.ctx.session_id.clone(),
+                        request: format!("kubectl exec {}: {shown}", this.target),
+                        reason: reason.clone(),
+                        timeout: this.ctx.approval_timeout,
+                    };
+                    match tokio::time::timeout(this.ctx.approval_timeout, a.request(ask)).await {
+                        Ok(Ok(true)) => Ok(()),
+                        Ok(Ok(false)) => Err("not approved".to_string()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("approval timed out".to_string()),
+                    }
+                }
+            };
+            match &outcome {
+                Ok(()) => this.event(
+                    "command-approved",
+                    &shown,
+                    "allow",
+                    &format!("{reason} (approved)"),
+                ),
+                Err(why) => this.event(
+                    "command-blocked",
+                    &shown,
+                    "deny",
+                    &format!("{reason} ({why})"),
+                ),
+            }
+            outcome.map_err(|why| format!("{reason}: {why}"))
+        })
+    }
+}
+
+fn shown_reason(mask: &MaskFn, reason: &str) -> String {
+    String::from_utf8_lossy(&mask(reason.as_bytes())).into_owned()
 }
 
 /// Write an `events` row (errors are logged: the kube row still exists).

@@ -529,8 +529,15 @@ impl Up {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     let sub = lock(&self.tracker).line();
-                    match checker.check(&sub) {
-                        LineOutcome::Allow => {
+                    let outcome = match checker.check(&sub) {
+                        LineOutcome::Approve { reason, shown } => {
+                            self.wait_approval(checker, &shown, &reason, 1, "\r\n")
+                                .await?
+                        }
+                        other => other,
+                    };
+                    match outcome {
+                        LineOutcome::Allow | LineOutcome::Approve { .. } => {
                             self.stdin(dst, &b).await?;
                             lock(&self.tracker).submitted();
                         }
@@ -560,10 +567,46 @@ impl Up {
             line: text.trim_end_matches(['\n', '\r']).to_string(),
             certainty: Certainty::Typed,
         };
-        match checker.check(&sub) {
-            LineOutcome::Allow => self.stdin(dst, line).await,
+        let outcome = match checker.check(&sub) {
+            LineOutcome::Approve { reason, shown } => {
+                self.wait_approval(checker, &shown, &reason, 2, "\n")
+                    .await?
+            }
+            other => other,
+        };
+        match outcome {
+            LineOutcome::Allow | LineOutcome::Approve { .. } => self.stdin(dst, line).await,
             LineOutcome::Block { reason, shown } => self.blocked(2, &shown, &reason, "\n"),
         }
+    }
+
+    /// Hold a line under `approve` until a human answers: `Allow` or `Block`.
+    async fn wait_approval(
+        &self,
+        checker: &SharedChecker,
+        shown: &str,
+        reason: &str,
+        ch: u8,
+        eol: &str,
+    ) -> std::io::Result<LineOutcome> {
+        record(&self.rec, |r| {
+            r.marker(&format!("waiting for approval: {shown} ({reason})"))
+        })
+        .map_err(io_err)?;
+        let _ = self.notes.send((
+            ch,
+            format!("{eol}sallyport: waiting for approval ({reason}){eol}").into_bytes(),
+        ));
+        Ok(match checker.approve(shown, reason).await {
+            Ok(()) => {
+                record(&self.rec, |r| r.marker(&format!("approved: {shown}"))).map_err(io_err)?;
+                LineOutcome::Allow
+            }
+            Err(why) => LineOutcome::Block {
+                reason: why,
+                shown: shown.to_string(),
+            },
+        })
     }
 
     async fn finish_lines<W: AsyncWrite + Unpin>(&mut self, dst: &mut W) -> std::io::Result<()> {
@@ -878,7 +921,8 @@ mod tests {
         assert_eq!(r.push(&c).unwrap()[0].payload, long);
     }
 
-    /// Blocks lines containing "rm ", remembers every line asked about.
+    /// Blocks lines containing "rm ", wants approval for "touch" (granted
+    /// when the line says "ok"), remembers every line asked about.
     struct BlockRm(Mutex<Vec<Submitted>>);
     impl LineCheck for BlockRm {
         fn check(&self, sub: &Submitted) -> LineOutcome {
@@ -888,10 +932,54 @@ mod tests {
                     reason: "test rule 'rm *'".into(),
                     shown: sub.line.clone(),
                 }
+            } else if sub.line.starts_with("touch") {
+                LineOutcome::Approve {
+                    reason: "test rule 'touch *'".into(),
+                    shown: sub.line.clone(),
+                }
             } else {
                 LineOutcome::Allow
             }
         }
+        fn approve(
+            &self,
+            shown: &str,
+            _reason: &str,
+        ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+            let ok = shown.contains("ok");
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                if ok {
+                    Ok(())
+                } else {
+                    Err("denied by bob".into())
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn tty_guard_holds_a_line_under_approve_until_answered() {
+        let checker = Arc::new(BlockRm(Mutex::new(Vec::new())));
+        let mut h = start(true, Some((GuardMode::Tty, checker as SharedChecker)));
+        h.client
+            .write_all(&stdin_frame(b"touch ok\rtouch no\recho after\r"))
+            .await
+            .unwrap();
+        h.client.shutdown().await.unwrap();
+        let (_, frames) = drain(&mut h.server).await;
+        assert_eq!(
+            channel(&frames, 0),
+            "touch ok\rtouch no\x05\x15\recho after\r"
+        );
+        h.server.shutdown().await.unwrap();
+        let (_, down) = drain(&mut h.client).await;
+        let shown = channel(&down, 1);
+        assert_eq!(shown.matches("waiting for approval").count(), 2, "{shown}");
+        assert!(shown.contains("blocked by denied by bob"), "{shown}");
+        let _ = h.done.await;
+        let cast = std::fs::read_to_string(&h.cast).unwrap();
+        assert!(cast.contains("\"approved: touch ok\""), "{cast}");
     }
 
     struct Harness {

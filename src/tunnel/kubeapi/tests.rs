@@ -687,9 +687,14 @@ async fn typed_lines_are_checked_and_unsure_ones_denied_when_strict() {
         }
         other => panic!("{other:?}"),
     }
-    // Approval is not offered for typed lines: refused, saying why.
+    // Under `approve`: the relay holds the line and asks; no approver
+    // configured here, so the answer is no (audited).
     match lax.check(&sub("touch x", Certainty::Typed)) {
-        LineOutcome::Block { reason, .. } => assert!(reason.contains("needs approval"), "{reason}"),
+        LineOutcome::Approve { reason, shown } => {
+            assert!(reason.contains("exec.approve 'touch *'"), "{reason}");
+            let why = lax.approve(&shown, &reason).await.unwrap_err();
+            assert!(why.contains("no approver"), "{why}");
+        }
         other => panic!("{other:?}"),
     }
     ctx.authorizer = Arc::new(ExecRules { strict: true });
@@ -763,4 +768,33 @@ async fn exec_command_in_the_audit_path_is_masked() {
     assert!(r[0].path.contains("MASKED"), "{}", r[0].path);
     let ev = store.list_events(Some("command-blocked"), 10).unwrap();
     assert!(!ev[0].detail.contains("hunter2"), "{ev:?}");
+}
+
+#[tokio::test]
+async fn typed_line_approval_goes_through_the_approver() {
+    use exec::LineCheck;
+    let (port, _seen) = upstream().await;
+    for (answer, ok) in [(Some(true), true), (Some(false), false)] {
+        let (mut ctx, store, _d) = ctx_for(port, answer).await;
+        ctx.authorizer = Arc::new(ExecRules { strict: false });
+        let c = exec::LineChecker::new(ctx, "dev/web".into());
+        let r = c
+            .approve("touch x", "t.toml:3 role 'r' exec.approve 'touch *'")
+            .await;
+        assert_eq!(r.is_ok(), ok, "{r:?}");
+        let kind = if ok {
+            "command-approved"
+        } else {
+            "command-blocked"
+        };
+        let ev = store.list_events(Some(kind), 10).unwrap();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].detail, "kubectl exec dev/web: touch x");
+    }
+    // An approver that never answers: the grant's timeout refuses.
+    let (mut ctx, _store, _d) = ctx_for(port, None).await;
+    ctx.approval_timeout = Duration::from_millis(50);
+    let c = exec::LineChecker::new(ctx, "dev/web".into());
+    let why = c.approve("touch x", "r").await.unwrap_err();
+    assert!(why.contains("timed out"), "{why}");
 }
