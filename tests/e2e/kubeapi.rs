@@ -961,3 +961,37 @@ fn kubeapi_exec_i_shell_without_tty_drops_denied_lines() {
         r.explain()
     );
 }
+
+#[test]
+fn kubeapi_exec_over_spdy_is_refused_because_it_cannot_be_read() {
+    let p = Proxy::start(None, Limits::default());
+    // kubectl's switch back to the SPDY/3.1 stream protocol.
+    let mut cmd = p.kubectl_cmd(&["exec", "-i", "web-1", "--", "sh"]);
+    cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+    let r = run_cmd(
+        cmd,
+        Some(b"touch via-spdy\n"),
+        Duration::from_secs(60),
+        p.context(),
+    )
+    .failure();
+    assert!(
+        r.stderr().contains("need the WebSocket stream protocol"),
+        "{}",
+        r.explain()
+    );
+    assert!(!p.api.pod_dir().join("via-spdy").exists());
+    assert!(
+        p.api
+            .requests_to("/api/v1/namespaces/dev/pods/web-1/exec")
+            .is_empty(),
+        "{}",
+        r.explain()
+    );
+    let rows = p.audited(|r| r.row.subresource.as_deref() == Some("exec"));
+    assert!(
+        rows.iter()
+            .all(|r| r.row.decision == "deny" && r.row.status == Some(400)),
+        "{rows:?}"
+    );
+}
