@@ -47,6 +47,15 @@ allow = [
 ]
 deny = [{ verbs = ["*"], resources = ["secrets"] }]
 approve = [{ verbs = ["delete"], resources = ["pods"], namespaces = ["dev"] }]
+
+# Commands run in pods through `kubectl exec` (argv and typed lines).
+[role.exec]
+allow = ["cat", "sh", "echo *", "touch *", "printf-split *", "exit"]
+deny = ["rm -rf *", "touch denied*"]
+approve = ["touch approved*"]
+
+[role.mask]
+live = true
 "#;
 
 /// The real policy engine over a directory holding `POLICY`.
@@ -122,12 +131,9 @@ impl Proxy {
                 asked: asked.clone(),
             }) as Arc<dyn Approver>
         });
-        // Stand-in masker until mask::Masker is wired: hides one known value.
-        let mask: MaskFn = Arc::new(|b: &[u8]| {
-            String::from_utf8_lossy(b)
-                .replace("hunter2", "[MASKED:password-assignment]")
-                .into_bytes()
-        });
+        // The built-in detectors, as `api_target` wires them.
+        let masker = sallyport::mask::Masker::builtin().unwrap();
+        let mask: MaskFn = Arc::new(move |b: &[u8]| masker.mask(b).bytes);
         let ctx = KubeProxyContext {
             identity: Arc::new(agent()),
             session_id: "sess-e2e-1".into(),
@@ -652,7 +658,7 @@ fn kubeapi_kubectl_exec_it_with_a_tty_is_recorded() {
         .env("HOME", p.dir.path());
     let r = run_cmd(
         cmd,
-        Some(b"echo tty works\r\x04"),
+        Some(b"echo tty works\rexit\r"),
         Duration::from_secs(60),
         p.context(),
     );
@@ -673,10 +679,319 @@ fn kubeapi_kubectl_exec_it_with_a_tty_is_recorded() {
         })
         .collect();
     let has = |kind: &str, what: &str| events.iter().any(|(k, t)| k == kind && t.contains(what));
-    assert!(has("i", "echo tty works"), "{text}\n{}", r.explain());
-    assert!(has("o", "echo tty works"), "{text}");
+    // The masker may hold back a tail that could start a secret, so one
+    // line can span events: look at each stream as a whole.
+    let all = |kind: &str| -> String {
+        events
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, t)| t.as_str())
+            .collect()
+    };
+    assert!(
+        all("i").contains("echo tty works"),
+        "{text}\n{}",
+        r.explain()
+    );
+    assert!(all("o").contains("echo tty works"), "{text}");
+    // The echo of the typed line and the command's output.
+    assert!(all("o").matches("tty works").count() >= 2, "{text}");
     // kubectl sends the terminal size first (channel 4): a resize event.
     assert!(has("r", "100x30"), "{text}");
     assert!(has("m", "Success"), "{text}");
     assert!(text.contains(r#""TERM":"xterm""#), "{text}");
+}
+
+/// Lines of an asciicast as (kind, text).
+fn cast_events(cast: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(cast)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v[1].as_str().unwrap().to_string(),
+                v[2].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn kubeapi_exec_of_a_denied_command_never_reaches_the_pod() {
+    let p = Proxy::start(None, Limits::default());
+    let r = p
+        .kubectl(&["exec", "web-1", "--", "rm", "-rf", "/x"], None)
+        .failure();
+    assert!(
+        r.stderr().contains("Error from server (Forbidden): sallyport: create pods/exec \"web-1\" in namespace \"dev\" (command: rm -rf /x) denied by"),
+        "{}",
+        r.explain()
+    );
+    assert!(
+        r.stderr().contains("exec.deny 'rm -rf *'"),
+        "{}",
+        r.explain()
+    );
+    // Hidden in `sh -c` after an allowed command: denied too.
+    let r = p
+        .kubectl(
+            &[
+                "exec",
+                "web-1",
+                "--",
+                "sh",
+                "-c",
+                "touch ok-1; touch denied-1",
+            ],
+            None,
+        )
+        .failure();
+    assert!(
+        r.stderr().contains("exec.deny 'touch denied*'"),
+        "{}",
+        r.explain()
+    );
+    assert!(
+        p.api
+            .requests_to("/api/v1/namespaces/dev/pods/web-1/exec")
+            .is_empty(),
+        "{}",
+        r.explain()
+    );
+    assert!(!p.api.pod_dir().join("ok-1").exists());
+    // (kubectl retries a refused WebSocket upgrade over SPDY: both refused.)
+    let rows = p.audited(|r| r.row.subresource.as_deref() == Some("exec"));
+    assert!(rows.len() >= 2, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.row.decision == "deny" && r.row.status == Some(403))
+    );
+    let ev = p.store.list_events(Some("command-blocked"), 10).unwrap();
+    let details: Vec<&str> = ev.iter().map(|e| e.detail.as_str()).collect();
+    assert!(
+        details.contains(&"kubectl exec dev/web-1: rm -rf /x"),
+        "{details:?}"
+    );
+    assert!(
+        details.contains(&"kubectl exec dev/web-1: sh -c touch ok-1; touch denied-1"),
+        "{details:?}"
+    );
+}
+
+#[test]
+fn kubeapi_exec_of_an_allowed_command_runs_and_approval_gated_waits() {
+    let p = Proxy::start(Some(true), Limits::default());
+    p.kubectl(&["exec", "web-1", "--", "touch", "made-by-exec"], None)
+        .success();
+    assert!(p.api.pod_dir().join("made-by-exec").exists());
+    let r = p
+        .kubectl(&["exec", "web-1", "--", "echo", "hello", "pod"], None)
+        .success();
+    assert_eq!(r.stdout(), "hello pod\n", "{}", r.explain());
+    // Under `approve`: the (test) approver is asked with the command.
+    p.kubectl(&["exec", "web-1", "--", "touch", "approved-1"], None)
+        .success();
+    assert!(p.api.pod_dir().join("approved-1").exists());
+    let asked = p.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].request.ends_with("(command: touch approved-1)"),
+        "{asked:?}"
+    );
+    assert!(
+        asked[0].reason.contains("exec.approve 'touch approved*'"),
+        "{asked:?}"
+    );
+
+    // Refused by the approver: never runs.
+    let p = Proxy::start(Some(false), Limits::default());
+    let r = p
+        .kubectl(&["exec", "web-1", "--", "touch", "approved-2"], None)
+        .failure();
+    assert!(r.stderr().contains("needs approval"), "{}", r.explain());
+    assert!(!p.api.pod_dir().join("approved-2").exists());
+    assert!(
+        p.api
+            .requests_to("/api/v1/namespaces/dev/pods/web-1/exec")
+            .is_empty()
+    );
+}
+
+#[test]
+fn kubeapi_secret_split_across_frames_is_masked_for_kubectl_and_in_the_recording() {
+    let p = Proxy::start(None, Limits::default());
+    let secret = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
+    let (a, b) = secret.split_at(9);
+    // The test server sends the two halves as two stdout frames.
+    let r = p
+        .kubectl(
+            &[
+                "exec",
+                "web-1",
+                "--",
+                "printf-split",
+                &format!("token: {a}"),
+                &format!("{b}\\n"),
+            ],
+            None,
+        )
+        .success();
+    assert!(!r.stdout().contains(b), "{}", r.explain());
+    assert_eq!(
+        r.stdout(),
+        "token: [MASKED:github-token]\n",
+        "{}",
+        r.explain()
+    );
+    let rows =
+        p.audited(|r| r.row.subresource.as_deref() == Some("exec") && r.row.recording.is_some());
+    let cast = PathBuf::from(rows[0].row.recording.clone().unwrap());
+    let replay = crate::support::asciinema_cat(&cast).unwrap();
+    assert!(replay.contains("token: [MASKED:github-token]"), "{replay}");
+    // (The header's command holds the test's own split argv: events only.)
+    let events = cast_events(&cast);
+    assert!(!events.iter().any(|(_, t)| t.contains(b)), "{events:?}");
+    // The audit row keeps the command masked too.
+    let r = p
+        .kubectl(&["exec", "web-1", "--", "echo", secret], None)
+        .success();
+    assert_eq!(r.stdout(), "[MASKED:github-token]\n", "{}", r.explain());
+    for row in p.store.list_kube_requests(50).unwrap() {
+        assert!(!row.row.path.contains(&secret[4..]), "{:?}", row.row.path);
+    }
+}
+
+#[test]
+fn kubeapi_exec_it_shell_denied_typed_line_never_reaches_the_shell() {
+    let p = Proxy::start(None, Limits::default());
+    let kubectl = format!("{:?}", p.kubectl_cmd(&["exec", "-it", "web-1", "--", "sh"]));
+    let mut cmd = Command::new("script");
+    cmd.arg("-qec")
+        .arg(format!(
+            "stty cols 100 rows 30; {}",
+            kubectl.replace('"', "'")
+        ))
+        .arg("/dev/null")
+        .env("KUBECONFIG", &p.kubeconfig)
+        .env("HOME", p.dir.path());
+    let r = run_cmd(
+        cmd,
+        Some(b"touch allowed-1\rtouch denied-1\recho secret ghp_0123456789abcdefghijABCDEFGHIJ012345\rexit\r"),
+        Duration::from_secs(60),
+        p.context(),
+    );
+    let pod = p.api.pod_dir();
+    assert!(
+        wait_for(Duration::from_secs(10), || pod
+            .join("allowed-1")
+            .exists()
+            .then_some(()))
+        .is_some(),
+        "{}",
+        r.explain()
+    );
+    assert!(!pod.join("denied-1").exists(), "{}", r.explain());
+    let out = r.stdout();
+    assert!(out.contains("sallyport: blocked by"), "{}", r.explain());
+    assert!(out.contains("exec.deny 'touch denied*'"), "{}", r.explain());
+    // Live masking in the terminal: the pod's echo of the typed line and
+    // its output. (The one clear copy is the client terminal's own echo of
+    // the scripted input, typed before kubectl switched it to raw mode.)
+    assert_eq!(
+        out.matches("ABCDEFGHIJ012345").count(),
+        1,
+        "{}",
+        r.explain()
+    );
+    assert!(
+        out.contains("echo secret [MASKED:github-token]"),
+        "{}",
+        r.explain()
+    );
+    assert!(
+        out.matches("[MASKED:github-token]").count() >= 2,
+        "{}",
+        r.explain()
+    );
+    let rows = p.audited(|r| r.row.subresource.as_deref() == Some("exec"));
+    let cast = PathBuf::from(rows[0].row.recording.clone().unwrap());
+    let events = cast_events(&cast);
+    assert!(
+        events
+            .iter()
+            .any(|(k, t)| k == "m" && t.starts_with("blocked: touch denied-1")),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|(_, t)| t.contains("ABCDEFGHIJ012345")),
+        "{events:?}"
+    );
+    let ev = p.store.list_events(Some("command-blocked"), 10).unwrap();
+    assert!(
+        ev.iter()
+            .any(|e| e.detail == "kubectl exec dev/web-1: touch denied-1"),
+        "{ev:?}"
+    );
+    let ok = p.store.list_events(Some("command-allowed"), 10).unwrap();
+    assert!(
+        ok.iter()
+            .any(|e| e.detail == "kubectl exec dev/web-1: touch allowed-1"),
+        "{ok:?}"
+    );
+}
+
+#[test]
+fn kubeapi_exec_i_shell_without_tty_drops_denied_lines() {
+    let p = Proxy::start(None, Limits::default());
+    let r = p
+        .kubectl(
+            &["exec", "-i", "web-1", "--", "sh"],
+            Some(b"touch piped-1\ntouch denied-2\ntouch piped-2\n"),
+        )
+        .success();
+    let pod = p.api.pod_dir();
+    assert!(pod.join("piped-1").exists(), "{}", r.explain());
+    assert!(pod.join("piped-2").exists(), "{}", r.explain());
+    assert!(!pod.join("denied-2").exists(), "{}", r.explain());
+    assert!(
+        r.stderr().contains("sallyport: blocked by"),
+        "{}",
+        r.explain()
+    );
+}
+
+#[test]
+fn kubeapi_exec_over_spdy_is_refused_because_it_cannot_be_read() {
+    let p = Proxy::start(None, Limits::default());
+    // kubectl's switch back to the SPDY/3.1 stream protocol.
+    let mut cmd = p.kubectl_cmd(&["exec", "-i", "web-1", "--", "sh"]);
+    cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+    let r = run_cmd(
+        cmd,
+        Some(b"touch via-spdy\n"),
+        Duration::from_secs(60),
+        p.context(),
+    )
+    .failure();
+    assert!(
+        r.stderr().contains("need the WebSocket stream protocol"),
+        "{}",
+        r.explain()
+    );
+    assert!(!p.api.pod_dir().join("via-spdy").exists());
+    assert!(
+        p.api
+            .requests_to("/api/v1/namespaces/dev/pods/web-1/exec")
+            .is_empty(),
+        "{}",
+        r.explain()
+    );
+    let rows = p.audited(|r| r.row.subresource.as_deref() == Some("exec"));
+    assert!(
+        rows.iter()
+            .all(|r| r.row.decision == "deny" && r.row.status == Some(400)),
+        "{rows:?}"
+    );
 }

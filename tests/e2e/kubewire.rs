@@ -31,9 +31,17 @@ port_forwarding = true
 [role.forward]
 approve = ["echo:*"]
 [role.kube]
-allow = [{ verbs = ["get", "list", "watch"], resources = ["pods", "pods/log"], namespaces = ["dev"] }]
+allow = [
+  { verbs = ["get", "list", "watch"], resources = ["pods", "pods/log"], namespaces = ["dev"] },
+  { verbs = ["create"], resources = ["pods/exec"], namespaces = ["dev"] },
+]
 deny = [{ verbs = ["*"], resources = ["secrets"] }]
 approve = [{ verbs = ["delete"], resources = ["pods"], namespaces = ["dev"] }]
+[role.exec]
+allow = ["touch *", "printf-split *"]
+deny = ["touch denied*"]
+[role.mask]
+live = true
 
 [[role]]
 name = "patient"
@@ -572,4 +580,66 @@ fn kubewire_remote_agent_and_x11_requests_are_decided_by_policy_and_audited() {
                 && r[1].contains("does not implement")),
         "{ev:?}"
     );
+}
+
+#[test]
+fn kubewire_kubectl_exec_through_ssh_l_is_policed_masked_and_recorded() {
+    let e = start();
+    let s = &e.server;
+    let alice = s.user("alice", &["--permit-port-forwarding"]);
+    let (_ssh, port) = tunnel(s, &alice);
+
+    // The policy in force (PolicyHandle) decides the argv.
+    kubectl(s, port, &["exec", "web-1", "--", "touch", "through-ssh"]).success();
+    assert!(e.api.pod_dir().join("through-ssh").exists(), "{}", s.log());
+    let r = kubectl(
+        s,
+        port,
+        &["exec", "web-1", "--", "sh", "-c", "touch denied-ssh"],
+    )
+    .failure();
+    assert!(
+        r.stderr().contains("exec.deny 'touch denied*'"),
+        "{}",
+        r.explain()
+    );
+    assert!(!e.api.pod_dir().join("denied-ssh").exists());
+    assert_eq!(
+        e.api
+            .requests_to("/api/v1/namespaces/dev/pods/web-1/exec")
+            .len(),
+        1,
+        "only the allowed exec reached the API server"
+    );
+    let blocked = crate::support::query_db(
+        &s.db_path(),
+        "SELECT subject, detail, decision FROM events WHERE kind = 'command-blocked'",
+    );
+    assert!(
+        blocked.contains(&vec![
+            "alice".to_string(),
+            "kubectl exec dev/web-1: sh -c touch denied-ssh".to_string(),
+            "deny".to_string()
+        ]),
+        "{blocked:?}"
+    );
+
+    // The grant's masking (live) applies to what kubectl shows, even when
+    // the secret arrives in two frames, and to the recording.
+    let secret = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
+    let (a, b) = secret.split_at(12);
+    let r = kubectl(
+        s,
+        port,
+        &["exec", "web-1", "--", "printf-split", a, &format!("{b}\\n")],
+    )
+    .success();
+    assert_eq!(r.stdout(), "[MASKED:github-token]\n", "{}", r.explain());
+    let row = kube_row(s, "exec printf-split", |r| {
+        r.row.subresource.as_deref() == Some("exec") && r.row.path.contains("printf-split")
+    });
+    let cast = std::path::PathBuf::from(row.row.recording.clone().expect("recorded"));
+    let replay = crate::support::asciinema_cat(&cast).unwrap();
+    assert!(replay.contains("[MASKED:github-token]"), "{replay}");
+    assert!(!replay.contains(&b[4..]), "{replay}");
 }

@@ -2,11 +2,20 @@
 //! API server (kube-apiserver + etcd) can run on the test machines, so this
 //! speaks just enough of the real HTTP/JSON API for `kubectl` (discovery,
 //! pods list/get/delete, secrets get, `pods/log` with `follow=true`
-//! streaming, `pods/exec` over the WebSocket `v5.channel.k8s.io` protocol,
-//! echoing stdin to stdout until stdin closes or carries Ctrl-D) and **records every request's method, path and
-//! headers**, so tests can prove what the bastion forwarded (impersonation
-//! headers, the bastion's own token) and what it did not (the client's
-//! `Authorization`, forged `Impersonate-*`, denied requests).
+//! streaming, `pods/exec` over the WebSocket `v5.channel.k8s.io` protocol)
+//! and **records every request's method, path and headers**, so tests can
+//! prove what the bastion forwarded (impersonation headers, the bastion's own
+//! token) and what it did not (the client's `Authorization`, forged
+//! `Impersonate-*`, denied requests).
+//!
+//! `pods/exec` runs a few commands for real, in a per-server "pod
+//! directory" ([`TestKubeApi::pod_dir`]) so tests can look for side-effect
+//! files: `sh` (with `tty=true` inside a real pty via `script`, so the
+//! terminal echoes and `\r` ends a line), `sh -c ...`, `touch`, `echo`;
+//! `printf-split A B` (a test stand-in) writes A and B as two separate
+//! stdout frames; `cat` echoes stdin until it closes or carries Ctrl-D.
+//! Anything else answers "command not found" on stderr: nothing outside
+//! that list is ever run, whatever reaches the server.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -51,12 +60,14 @@ impl Seen {
 struct State {
     seen: Arc<Mutex<Vec<Seen>>>,
     log_gate: Arc<tokio::sync::Notify>,
+    pod_dir: PathBuf,
 }
 
 /// A running test API server (plain HTTP on 127.0.0.1).
 pub struct TestKubeApi {
     pub port: u16,
     state: State,
+    _pod_dir: tempfile::TempDir,
 }
 
 impl TestKubeApi {
@@ -66,9 +77,11 @@ impl TestKubeApi {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
+        let pod_dir = tempfile::tempdir().unwrap();
         let state = State {
             seen: Arc::new(Mutex::new(Vec::new())),
             log_gate: Arc::new(tokio::sync::Notify::new()),
+            pod_dir: pod_dir.path().to_path_buf(),
         };
         let st = state.clone();
         rt.spawn(async move {
@@ -89,7 +102,16 @@ impl TestKubeApi {
                 });
             }
         });
-        TestKubeApi { port, state }
+        TestKubeApi {
+            port,
+            state,
+            _pod_dir: pod_dir,
+        }
+    }
+
+    /// The working directory of commands exec'd "in the pod".
+    pub fn pod_dir(&self) -> &Path {
+        &self.state.pod_dir
     }
 
     /// Every request received so far.
@@ -204,7 +226,9 @@ async fn route(st: State, mut req: Request<Incoming>) -> Response<Body> {
             serde_json::json!({"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"1"},
                 "items":[pod(ns, "web-1"), pod(ns, "web-2")]}),
         ),
-        ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => json(StatusCode::OK, pod(ns, name)),
+        ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
+            json(StatusCode::OK, pod(ns, name))
+        }
         ("DELETE", ["api", "v1", "namespaces", ns, "pods", name]) => {
             json(StatusCode::OK, pod(ns, name))
         }
@@ -220,7 +244,9 @@ async fn route(st: State, mut req: Request<Incoming>) -> Response<Body> {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
             tokio::spawn(async move {
                 let _ = tx
-                    .send(Ok(Frame::data(Bytes::from(format!("{name}: first line\n")))))
+                    .send(Ok(Frame::data(Bytes::from(format!(
+                        "{name}: first line\n"
+                    )))))
                     .await;
                 if follow {
                     // Only after the test has seen the first line through the
@@ -228,19 +254,24 @@ async fn route(st: State, mut req: Request<Incoming>) -> Response<Body> {
                     gate.notified().await;
                 }
                 let _ = tx
-                    .send(Ok(Frame::data(Bytes::from(format!("{name}: second line\n")))))
+                    .send(Ok(Frame::data(Bytes::from(format!(
+                        "{name}: second line\n"
+                    )))))
                     .await;
             });
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|f| (f, rx))
-            });
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
+                );
             let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
             r.headers_mut()
                 .insert("content-type", "text/plain".parse().unwrap());
             r
         }
         (_, ["api", "v1", "namespaces", _ns, "pods", _name, "exec"]) => {
-            websocket_exec(&mut req).unwrap_or_else(|| {
+            let query = req.uri().query().unwrap_or("").to_string();
+            websocket_exec(&mut req, &query, st.pod_dir.clone()).unwrap_or_else(|| {
                 json(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({"kind":"Status","apiVersion":"v1","status":"Failure",
@@ -253,8 +284,12 @@ async fn route(st: State, mut req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Accept a WebSocket `v5.channel.k8s.io` exec and echo stdin to stdout.
-fn websocket_exec(req: &mut Request<Incoming>) -> Option<Response<Body>> {
+/// Accept a WebSocket `v5.channel.k8s.io` exec and run it (see the module doc).
+fn websocket_exec(
+    req: &mut Request<Incoming>,
+    query: &str,
+    pod_dir: PathBuf,
+) -> Option<Response<Body>> {
     let h = req.headers();
     let upgrade = h.get("upgrade")?.to_str().ok()?;
     if !upgrade.eq_ignore_ascii_case("websocket") {
@@ -270,10 +305,24 @@ fn websocket_exec(req: &mut Request<Incoming>) -> Option<Response<Body>> {
     if !protocols {
         return None;
     }
+    let mut argv = Vec::new();
+    let mut tty = false;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "command" => argv.push(v.into_owned()),
+            "tty" => tty = v == "true",
+            _ => {}
+        }
+    }
     let on = hyper::upgrade::on(req);
     tokio::spawn(async move {
         if let Ok(up) = on.await {
-            let _ = echo(TokioIo::new(up)).await;
+            let io = TokioIo::new(up);
+            if argv == ["cat"] {
+                let _ = echo(io).await;
+            } else {
+                let _ = run(io, argv, tty, pod_dir).await;
+            }
         }
     });
     let mut r = Response::new(Full::new(Bytes::new()).boxed_unsync());
@@ -384,6 +433,138 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             _ => {}
         }
     }
+}
+
+async fn status(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    code: Option<i32>,
+) -> std::io::Result<()> {
+    let mut status = vec![3u8];
+    match code {
+        Some(0) => status.extend_from_slice(br#"{"metadata":{},"status":"Success"}"#),
+        c => status.extend_from_slice(
+            serde_json::json!({"metadata":{},"status":"Failure",
+                "message": format!("command terminated with non-zero exit code: {}", c.unwrap_or(-1)),
+                "reason":"NonZeroExitCode",
+                "details":{"causes":[{"reason":"ExitCode","message": c.unwrap_or(-1).to_string()}]}})
+            .to_string()
+            .as_bytes(),
+        ),
+    }
+    write_frame(w, 2, &status).await?;
+    write_frame(w, 8, &1000u16.to_be_bytes()).await
+}
+
+/// Run the allowed test commands for real: stdin channel → child stdin,
+/// child stdout/stderr → channels 1/2, exit → status on channel 3.
+async fn run<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(
+    s: S,
+    argv: Vec<String>,
+    tty: bool,
+    pod_dir: PathBuf,
+) -> std::io::Result<()> {
+    let (mut r, w) = tokio::io::split(s);
+    let w = Arc::new(tokio::sync::Mutex::new(w));
+    async fn send_to<W: tokio::io::AsyncWrite + Unpin>(
+        w: &tokio::sync::Mutex<W>,
+        ch: u8,
+        data: Vec<u8>,
+    ) -> std::io::Result<()> {
+        let mut m = vec![ch];
+        m.extend_from_slice(&data);
+        write_frame(&mut *w.lock().await, 2, &m).await
+    }
+    let send = |ch: u8, data: Vec<u8>| send_to(&w, ch, data);
+    let prog = argv.first().map(String::as_str).unwrap_or("");
+    if prog == "printf-split" {
+        for part in argv.iter().skip(1) {
+            send(1, part.replace("\\n", "\n").into_bytes()).await?;
+        }
+        return status(&mut *w.lock().await, Some(0)).await;
+    }
+    let mut cmd = match (prog, argv.len(), tty) {
+        ("sh", 1, true) => {
+            // A real terminal for the shell, as a kubelet gives it.
+            let mut c = tokio::process::Command::new("script");
+            c.args(["-qfc", "sh", "/dev/null"]);
+            c
+        }
+        ("sh" | "touch" | "echo", _, _) => {
+            let mut c = tokio::process::Command::new(prog);
+            c.args(&argv[1..]);
+            c
+        }
+        _ => {
+            send(
+                2,
+                format!("test API server: {prog}: command not found\n").into_bytes(),
+            )
+            .await?;
+            return status(&mut *w.lock().await, Some(127)).await;
+        }
+    };
+    cmd.current_dir(&pod_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PS1", "$ ")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let mut stdin = child.stdin.take();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let pump = |mut src: Box<dyn tokio::io::AsyncRead + Unpin + Send>, ch: u8| {
+        let w = w.clone();
+        async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match src.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if send_to(&w, ch, buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let out_task = tokio::spawn(pump(Box::new(out), 1));
+    let err_task = tokio::spawn(pump(Box::new(err), 2));
+    let input = async {
+        loop {
+            let Ok((op, payload)) = read_frame(&mut r).await else {
+                break;
+            };
+            match (op, payload.first()) {
+                (1 | 2, Some(0)) => {
+                    if let Some(i) = stdin.as_mut()
+                        && i.write_all(&payload[1..]).await.is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                // v5: the client closed stdin.
+                (1 | 2, Some(255)) if payload.get(1) == Some(&0) => stdin = None,
+                (8, _) => break,
+                _ => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = input => {}
+        _ = child.wait() => {}
+    }
+    // End of input: the child sees EOF (the client is gone or said so).
+    stdin = None;
+    let _ = &stdin;
+    let code = child.wait().await.ok().and_then(|s| s.code());
+    let _ = out_task.await;
+    let _ = err_task.await;
+    status(&mut *w.lock().await, code).await
 }
 
 /// `Sec-WebSocket-Accept` (RFC 6455 §4.2.2): base64(SHA-1(key + GUID)).

@@ -10,13 +10,17 @@
 //! credentials are added by the upstream `kube::Client`, and one audit row is
 //! written when the response (or upgraded stream) ends. Watches and
 //! `logs -f` stream through unbuffered; `exec` / `attach` / `port-forward`
-//! upgrades (SPDY/3.1 or WebSocket) are spliced after the 101.
+//! upgrades (SPDY/3.1 or WebSocket) are spliced after the 101. An `exec`'s
+//! argv is checked against `[role.exec]` before it goes upstream ([`exec`]);
+//! `exec`/`attach` WebSocket streams go through a frame relay that records,
+//! masks and checks typed lines ([`stream`]).
 //!
 //! Plain HTTP inside the stream, not TLS: the SSH channel already encrypts
 //! and authenticates both ends, the client listens on its own loopback
 //! (`ssh -L 6443:kubernetes:443`), and kubectl needs no CA file for
 //! `http://127.0.0.1:6443`. See docs/agents.md.
 
+pub mod exec;
 pub mod headers;
 pub mod kubeconfig;
 pub mod request;
@@ -39,8 +43,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use crate::audit::{self, kube::KubeRequestRow};
+use crate::guard::CommandLine;
 use crate::identity::Identity;
-use crate::policy::{Decision, KubeRequest, Policy, PolicyHandle, Verdict};
+use crate::policy::{Decision, KubeRequest, Policy, PolicyHandle, SessionGrant, Verdict};
 use request::{Classified, resource_label};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -69,21 +74,45 @@ pub enum Error {
 #[error("approval failed: {0}")]
 pub struct ApprovalError(pub String);
 
-/// The policy question the proxy asks. [`PolicyHandle`] and [`Policy`]
+/// The policy questions the proxy asks. [`PolicyHandle`] (the policy in
+/// force at each call, so typed lines follow reloads) and [`Policy`]
 /// implement it; unit tests use doubles.
 pub trait KubeAuthorizer: Send + Sync {
+    /// `[role.kube]`: may this request go upstream?
     fn kube(&self, id: &Identity, req: &KubeRequest) -> Decision;
+    /// `[role.exec]`: may this command run in a pod (exec argv, typed
+    /// lines)? A double that does not answer denies.
+    fn exec(&self, _id: &Identity, _cmd: &CommandLine) -> Decision {
+        Decision::deny("no exec policy")
+    }
+    /// The grant (masking, `strict`) for streams. A double that does not
+    /// answer gets the most restrictive grant.
+    fn session(&self, _id: &Identity) -> SessionGrant {
+        SessionGrant::none()
+    }
 }
 
 impl KubeAuthorizer for PolicyHandle {
     fn kube(&self, id: &Identity, req: &KubeRequest) -> Decision {
         self.current().kube(id, req)
     }
+    fn exec(&self, id: &Identity, cmd: &CommandLine) -> Decision {
+        self.current().exec(id, cmd)
+    }
+    fn session(&self, id: &Identity) -> SessionGrant {
+        self.current().session(id)
+    }
 }
 
 impl KubeAuthorizer for Policy {
     fn kube(&self, id: &Identity, req: &KubeRequest) -> Decision {
         Policy::kube(self, id, req)
+    }
+    fn exec(&self, id: &Identity, cmd: &CommandLine) -> Decision {
+        Policy::exec(self, id, cmd)
+    }
+    fn session(&self, id: &Identity) -> SessionGrant {
+        Policy::session(self, id)
     }
 }
 
@@ -499,11 +528,52 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
             (ctx.authorizer.kube(&ctx.identity, &k), Some(k))
         }
     };
+    // exec/attach: what the stream asks for; for exec, the argv is checked
+    // against `[role.exec]` before anything goes upstream (issue 6, point 4).
+    let stream_sub = kreq
+        .as_ref()
+        .filter(|k| k.resource == "pods")
+        .and_then(|k| k.subresource.as_deref())
+        .filter(|s| matches!(*s, "exec" | "attach"))
+        .map(str::to_string);
+    let opts = exec::StreamOptions::from_query(query.as_deref());
+    let mut exec_shown = None;
+    let decision = if stream_sub.as_deref() == Some("exec") {
+        let shown = exec::shown(&ctx.mask, &opts.argv.join(" "));
+        row.path = format!("{path}?{}", masked_query(&ctx.mask, query.as_deref()));
+        exec_shown = Some(shown);
+        let d = if decision.verdict == Verdict::Deny {
+            decision
+        } else {
+            exec::combine(
+                decision,
+                exec::decide_argv(&*ctx.authorizer, &ctx.identity, &opts.argv),
+            )
+        };
+        // Strict reasons may quote the command.
+        Decision {
+            reason: exec::shown(&ctx.mask, &d.reason),
+            ..d
+        }
+    } else {
+        decision
+    };
     row.decision = decision.verdict.to_string();
     row.reason = decision.reason.clone();
-    let what = match &kreq {
-        Some(k) => describe(k),
-        None => format!("{method} {path}"),
+    let target = kreq
+        .as_ref()
+        .map(|k| {
+            format!(
+                "{}/{}",
+                k.namespace.as_deref().unwrap_or_default(),
+                k.name.as_deref().unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let what = match (&kreq, &exec_shown) {
+        (Some(k), Some(cmd)) => format!("{} (command: {cmd})", describe(k)),
+        (Some(k), None) => describe(k),
+        _ => format!("{method} {path}"),
     };
 
     match decision.verdict {
@@ -512,6 +582,9 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
             info!(session = %ctx.session_id, who = %ctx.identity.display(), %what, reason = %decision.reason, "kube request denied");
             row.status = Some(403);
             write_audit(&ctx, &row);
+            if let Some(cmd) = &exec_shown {
+                exec_event(&ctx, &target, cmd, "deny", &decision.reason);
+            }
             return status_response(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
@@ -546,6 +619,9 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
                     row.reason = format!("{} ({why})", decision.reason);
                     row.status = Some(403);
                     write_audit(&ctx, &row);
+                    if let Some(cmd) = &exec_shown {
+                        exec_event(&ctx, &target, cmd, "deny", &row.reason);
+                    }
                     return status_response(
                         StatusCode::FORBIDDEN,
                         "Forbidden",
@@ -561,47 +637,29 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
 
     // Allowed (or approved): forward.
     let upgrade = is_upgrade(req.headers());
-    let recorded = kreq.as_ref().is_some_and(|k| {
-        k.resource == "pods" && matches!(k.subresource.as_deref(), Some("exec" | "attach"))
-    });
-    let mut recording = None;
-    if let (true, Some(dir)) = (recorded && upgrade, &ctx.recording_dir) {
-        let websocket = req
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        if !websocket {
-            // SPDY/3.1 multiplexes zlib-compressed streams the tap cannot
-            // read; kubectl >= 1.30 speaks WebSocket first anyway.
-            row.decision = Verdict::Deny.to_string();
-            row.reason = format!(
-                "{} (exec/attach is recorded: WebSocket required)",
-                row.reason
-            );
-            row.status = Some(400);
-            write_audit(&ctx, &row);
-            return status_response(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "sallyport: exec/attach sessions are recorded and need the WebSocket stream protocol (kubectl 1.30 or newer)",
-            );
-        }
-        match start_recording(&ctx, dir, kreq.as_ref(), query.as_deref()) {
-            Ok(r) => {
-                row.recording = Some(r.0.display().to_string());
-                recording = Some(r.1);
+    let mut plan: Option<StreamPlan> = None;
+    if let (true, Some(sub)) = (upgrade, stream_sub.as_deref()) {
+        match stream_plan(
+            &ctx,
+            &req,
+            sub,
+            &opts,
+            kreq.as_ref(),
+            query.as_deref(),
+            &target,
+        ) {
+            Ok(p) => {
+                if let Some((path, _)) = p.as_ref().and_then(|p| p.recording.as_ref()) {
+                    row.recording = Some(path.display().to_string());
+                }
+                plan = p;
             }
-            Err(e) => {
-                warn!(session = %ctx.session_id, error = %e, "kube proxy: cannot record exec stream");
-                row.status = Some(500);
-                row.reason = format!("{} (recording failed: {e})", row.reason);
+            Err(refusal) => {
+                row.decision = Verdict::Deny.to_string();
+                row.reason = format!("{} ({})", row.reason, refusal.audit);
+                row.status = Some(refusal.code.as_u16());
                 write_audit(&ctx, &row);
-                return status_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "sallyport: this session cannot be recorded, so it does not run",
-                );
+                return status_response(refusal.code, refusal.reason, refusal.message);
             }
         }
     }
@@ -675,19 +733,20 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
         && res.status() == StatusCode::SWITCHING_PROTOCOLS
     {
         let upstream_upgrade = hyper::upgrade::on(&mut res);
-        let tap = match recording {
+        let relay = match plan {
             None => None,
-            Some(rec) => match stream::response_encoding(res.headers()) {
-                Some(enc) => Some((enc, Arc::new(std::sync::Mutex::new(rec)))),
-                None => {
+            Some(p) => match (stream::response_encoding(res.headers()), p.required) {
+                (Some(enc), _) => Some(p.into_relay(enc)),
+                (None, false) => None,
+                (None, true) => {
                     row.status = Some(502);
                     row.decision = Verdict::Deny.to_string();
-                    row.reason = format!("{} (unrecordable stream protocol)", row.reason);
+                    row.reason = format!("{} (unreadable stream protocol)", row.reason);
                     write_audit(&ctx, &row);
                     return status_response(
                         StatusCode::BAD_GATEWAY,
                         "InternalError",
-                        "sallyport: the API server chose a stream protocol sallyport cannot record",
+                        "sallyport: the API server chose a stream protocol sallyport cannot record or check",
                     );
                 }
             },
@@ -697,7 +756,7 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
         *out.headers_mut() = res.headers().clone();
         let ctx2 = ctx.clone();
         tokio::spawn(async move {
-            splice(ctx2, row, client_upgrade, upstream_upgrade, tap).await;
+            splice(ctx2, row, client_upgrade, upstream_upgrade, relay).await;
         });
         return out;
     }
@@ -763,34 +822,177 @@ fn start_recording(
     Ok((path, rec))
 }
 
-/// Copy both ways between the two upgraded connections (recording exec
-/// streams on the way), then audit. A recording failure ends the stream.
+/// Why an exec/attach stream is refused before it goes upstream.
+struct Refusal {
+    code: StatusCode,
+    reason: &'static str,
+    message: &'static str,
+    /// Appended to the audit row's reason.
+    audit: String,
+}
+
+/// How an exec/attach stream will be relayed.
+struct StreamPlan {
+    /// Recorded, guarded or masked live: a stream protocol the relay cannot
+    /// read refuses the session instead of passing it through unread.
+    required: bool,
+    recording: Option<(std::path::PathBuf, crate::record::Recorder)>,
+    masker: crate::mask::Masker,
+    live: bool,
+    guard: Option<(stream::GuardMode, exec::SharedChecker)>,
+    mask: MaskFn,
+}
+
+impl StreamPlan {
+    fn into_relay(self, enc: stream::Encoding) -> stream::RelayConfig {
+        stream::RelayConfig {
+            enc,
+            recorder: self
+                .recording
+                .map(|(_, r)| Arc::new(std::sync::Mutex::new(r))),
+            masker: self.masker,
+            live: self.live,
+            mask: self.mask,
+            guard: self.guard,
+        }
+    }
+}
+
+/// Decide how an exec/attach upgrade is relayed: the grant's masking (at
+/// the time of the request), whether typed lines are guarded (stdin into
+/// an interactive shell, or any attach with stdin: the attached process
+/// may be one), and the recording. `Ok(None)`: an unread pass-through is
+/// acceptable (nothing to record, guard or mask).
+fn stream_plan(
+    ctx: &KubeProxyContext,
+    req: &Request<Incoming>,
+    sub: &str,
+    opts: &exec::StreamOptions,
+    kreq: Option<&KubeRequest>,
+    query: Option<&str>,
+    target: &str,
+) -> Result<Option<StreamPlan>, Refusal> {
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let grant = ctx.authorizer.session(&ctx.identity);
+    let masker = crate::mask::Masker::new(&crate::mask::MaskConfig::from_grant(&grant)).map_err(
+        |e| Refusal {
+            code: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: "InternalError",
+            message: "sallyport: the masking rules for this session cannot be used, so it does not run",
+            audit: format!("masking: {e}"),
+        },
+    )?;
+    let guard_mode = (opts.stdin && (sub == "attach" || exec::is_interactive_shell(&opts.argv)))
+        .then_some(if opts.tty {
+            stream::GuardMode::Tty
+        } else {
+            stream::GuardMode::Lines
+        });
+    let required = ctx.recording_dir.is_some() || guard_mode.is_some() || grant.mask_live;
+    if !websocket {
+        if !required {
+            return Ok(None);
+        }
+        // SPDY/3.1 multiplexes zlib-compressed streams the relay cannot
+        // read; kubectl >= 1.30 speaks WebSocket first anyway.
+        return Err(Refusal {
+            code: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message: "sallyport: exec/attach sessions are recorded and checked and need the WebSocket stream protocol (kubectl 1.30 or newer)",
+            audit: "exec/attach is recorded and checked: WebSocket required".into(),
+        });
+    }
+    let recording = match &ctx.recording_dir {
+        None => None,
+        Some(dir) => match start_recording(ctx, dir, kreq, query) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(session = %ctx.session_id, error = %e, "kube proxy: cannot record exec stream");
+                return Err(Refusal {
+                    code: StatusCode::INTERNAL_SERVER_ERROR,
+                    reason: "InternalError",
+                    message: "sallyport: this session cannot be recorded, so it does not run",
+                    audit: format!("recording failed: {e}"),
+                });
+            }
+        },
+    };
+    Ok(Some(StreamPlan {
+        required,
+        recording,
+        masker,
+        live: grant.mask_live,
+        guard: guard_mode.map(|m| {
+            (
+                m,
+                Arc::new(exec::LineChecker::new(ctx.clone(), target.to_string()))
+                    as exec::SharedChecker,
+            )
+        }),
+        mask: ctx.mask.clone(),
+    }))
+}
+
+/// The query with `command=` values masked (they are stored in the audit row).
+fn masked_query(mask: &MaskFn, query: Option<&str>) -> String {
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == "command" {
+            out.append_pair(&k, &String::from_utf8_lossy(&mask(v.as_bytes())));
+        } else {
+            out.append_pair(&k, &v);
+        }
+    }
+    out.finish()
+}
+
+/// An `events` row for an exec request refused by policy.
+fn exec_event(ctx: &KubeProxyContext, target: &str, cmd: &str, decision: &str, reason: &str) {
+    exec::record_event(
+        ctx,
+        crate::audit::events::Event {
+            connection_id: Some(ctx.session_id.as_str()).filter(|s| !s.is_empty()),
+            session_id: None,
+            kind: "command-blocked",
+            subject: Some(&ctx.identity.subject),
+            detail: &format!("kubectl exec {target}: {cmd}"),
+            decision: Some(decision),
+            reason: Some(reason),
+        },
+    );
+}
+
+type Half = Pin<Box<dyn std::future::Future<Output = std::io::Result<u64>> + Send>>;
+
+/// Copy both ways between the two upgraded connections (through the
+/// exec relay when there is one), then audit. A relay error (unreadable
+/// frame, failed recording write) ends the stream.
 async fn splice(
     ctx: KubeProxyContext,
     mut row: KubeRequestRow,
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    tap: Option<(
-        stream::Encoding,
-        Arc<std::sync::Mutex<crate::record::Recorder>>,
-    )>,
+    relay: Option<stream::RelayConfig>,
 ) {
+    let rec = relay.as_ref().and_then(|r| r.recorder.clone());
     match futures::future::try_join(client, upstream).await {
         Ok((c, u)) => {
             let (cr, cw) = tokio::io::split(TokioIo::new(c));
             let (ur, uw) = tokio::io::split(TokioIo::new(u));
-            let taps = tap.as_ref().map(|(enc, rec)| {
-                (
-                    stream::Tap::new(*enc, stream::Direction::Up, rec.clone(), ctx.mask.clone()),
-                    stream::Tap::new(*enc, stream::Direction::Down, rec.clone(), ctx.mask.clone()),
-                )
-            });
-            let (tap_up, tap_down) = match taps {
-                Some((a, b)) => (Some(a), Some(b)),
-                None => (None, None),
+            let (mut up, mut down): (Half, Half) = match relay {
+                Some(cfg) => {
+                    let (a, b) = stream::relay(cfg, cr, cw, ur, uw);
+                    (Box::pin(a), Box::pin(b))
+                }
+                None => (
+                    Box::pin(stream::copy_plain(cr, uw)),
+                    Box::pin(stream::copy_plain(ur, cw)),
+                ),
             };
-            let mut up = Box::pin(stream::copy_tapped(cr, uw, tap_up));
-            let mut down = Box::pin(stream::copy_tapped(ur, cw, tap_down));
             let (mut up_done, mut down_done) = (None, None);
             // Both halves run until each side closes; an error on either
             // (including a failed recording write) ends the whole stream.
@@ -825,7 +1027,7 @@ async fn splice(
             row.reason = format!("{} (upgrade failed: {e})", row.reason);
         }
     }
-    if let Some((_, rec)) = tap
+    if let Some(rec) = rec
         && let Ok(m) = Arc::try_unwrap(rec)
     {
         let rec = match m.into_inner() {

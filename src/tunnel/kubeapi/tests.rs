@@ -80,10 +80,56 @@ async fn upstream() -> (u16, Seen) {
     (port, seen)
 }
 
+/// Answers every question with the same decision; masking not live, not strict.
 struct Double(Decision);
 impl KubeAuthorizer for Double {
     fn kube(&self, _id: &Identity, _req: &KubeRequest) -> Decision {
         self.0.clone()
+    }
+    fn exec(&self, _id: &Identity, _cmd: &CommandLine) -> Decision {
+        self.0.clone()
+    }
+    fn session(&self, _id: &Identity) -> SessionGrant {
+        SessionGrant {
+            mask_live: false,
+            strict: false,
+            ..SessionGrant::none()
+        }
+    }
+}
+
+/// Kube rules allow; exec rules deny `rm` commands, want approval for
+/// `touch`, allow the rest; `strict` as given.
+struct ExecRules {
+    strict: bool,
+}
+impl KubeAuthorizer for ExecRules {
+    fn kube(&self, _id: &Identity, _req: &KubeRequest) -> Decision {
+        Decision::allow("t.toml:1 role 'r' kube.allow")
+    }
+    fn exec(&self, _id: &Identity, cmd: &CommandLine) -> Decision {
+        if cmd
+            .simple
+            .iter()
+            .any(|a| a.first().is_some_and(|p| p == "rm"))
+        {
+            Decision::deny("t.toml:2 role 'r' exec.deny 'rm *'")
+        } else if cmd
+            .simple
+            .iter()
+            .any(|a| a.first().is_some_and(|p| p == "touch"))
+        {
+            Decision::approve("t.toml:3 role 'r' exec.approve 'touch *'")
+        } else {
+            Decision::allow("t.toml:4 role 'r' exec.allow '*'")
+        }
+    }
+    fn session(&self, _id: &Identity) -> SessionGrant {
+        SessionGrant {
+            mask_live: false,
+            strict: self.strict,
+            ..SessionGrant::none()
+        }
     }
 }
 
@@ -316,7 +362,8 @@ async fn upgrades_are_spliced_both_ways() {
     let (port, seen) = upstream().await;
     let (ctx, store, _d) = ctx(port, Decision::allow("allow"), None).await;
     let mut c = client(ctx).await;
-    let mut req = get("/api/v1/namespaces/dev/pods/web/exec?command=sh&stdin=true");
+    // Not recorded, not a shell, masking not live: SPDY may pass unread.
+    let mut req = get("/api/v1/namespaces/dev/pods/web/exec?command=cat&stdin=true");
     *req.method_mut() = hyper::Method::POST;
     req.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -425,8 +472,16 @@ async fn websocket_exec_is_recorded() {
     let stdout = ws_frame(b"\x01root\r\n", Some([3, 1, 4, 1]));
     io.write_all(&stdin).await.unwrap();
     io.write_all(&stdout).await.unwrap();
-    let mut back = vec![0u8; stdin.len() + stdout.len()];
-    io.read_exact(&mut back).await.unwrap();
+    // Both come back, re-framed (unmasked, as server frames are).
+    let mut reader = stream::FrameReader::default();
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 256];
+    while frames.len() < 2 {
+        let n = io.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        frames.extend(reader.push(&buf[..n]).unwrap());
+    }
+    assert_eq!(frames[1].payload, b"\x01root\r\n");
     drop(io);
     let r = rows(&store, 1).await;
     let path = r[0].recording.clone().expect("recording path audited");
@@ -506,4 +561,240 @@ async fn unknown_stream_protocol_is_refused_when_recording() {
     let res = c.send_request(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(rows(&store, 1).await[0].decision, "deny");
+}
+
+fn exec_request(query: &str) -> Request<ProxyBody> {
+    let mut req = get(&format!("/api/v1/namespaces/dev/pods/web/exec?{query}"));
+    let h = req.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static("v5.channel.k8s.io"),
+    );
+    req
+}
+
+#[tokio::test]
+async fn exec_argv_denied_by_exec_rules_never_reaches_upstream() {
+    let (port, seen) = upstream().await;
+    let (mut ctx, store, _d) = ctx(port, Decision::allow("unused"), None).await;
+    ctx.authorizer = Arc::new(ExecRules { strict: false });
+    let mut c = client(ctx).await;
+    // Hidden inside `sh -c`, after an allowed command.
+    let res = c
+        .send_request(exec_request(
+            "command=sh&command=-c&command=echo+hi%3B+rm+-rf+%2Fx&stdout=true",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let body = body_text(res).await;
+    assert!(body.contains(r#""kind":"Status""#), "{body}");
+    assert!(
+        body.contains(
+            "(command: sh -c echo hi; rm -rf /x) denied by t.toml:2 role 'r' exec.deny 'rm *'"
+        ),
+        "{body}"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    let r = rows(&store, 1).await;
+    assert_eq!((r[0].decision.as_str(), r[0].status), ("deny", Some(403)));
+    assert!(r[0].reason.contains("exec.deny"), "{}", r[0].reason);
+    let ev = store.list_events(Some("command-blocked"), 10).unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        ev[0].detail,
+        "kubectl exec dev/web: sh -c echo hi; rm -rf /x"
+    );
+    assert_eq!(ev[0].connection_id.as_deref(), Some("s-1"));
+}
+
+#[tokio::test]
+async fn exec_argv_under_approve_waits_for_the_approver() {
+    // Refused: nothing goes upstream.
+    let (port, seen) = upstream().await;
+    let (mut ctx, store, _d) = ctx(
+        port,
+        Decision::allow("unused"),
+        Some(Arc::new(FixedApprover(Some(false))) as Arc<dyn Approver>),
+    )
+    .await;
+    ctx.authorizer = Arc::new(ExecRules { strict: false });
+    let mut c = client(ctx).await;
+    let res = c
+        .send_request(exec_request("command=touch&command=%2Fdata%2Fready"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(body_text(res).await.contains("needs approval"));
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(rows(&store, 1).await[0].decision, "deny");
+
+    // Approved: forwarded.
+    let (mut ctx, store, _d) = ctx_for(port, Some(true)).await;
+    ctx.authorizer = Arc::new(ExecRules { strict: false });
+    let mut c = client(ctx).await;
+    let res = c
+        .send_request(exec_request("command=touch&command=%2Fdata%2Fready"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    drop(res);
+    let r = rows(&store, 1).await;
+    assert_eq!(r[0].decision, "approve");
+    assert!(r[0].reason.contains("(approved)"), "{}", r[0].reason);
+}
+
+async fn ctx_for(
+    port: u16,
+    answer: Option<bool>,
+) -> (KubeProxyContext, audit::Store, tempfile::TempDir) {
+    ctx(
+        port,
+        Decision::allow("unused"),
+        Some(Arc::new(FixedApprover(answer)) as Arc<dyn Approver>),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn typed_lines_are_checked_and_unsure_ones_denied_when_strict() {
+    use crate::guard::line::{Certainty, Submitted};
+    use exec::{LineCheck, LineOutcome};
+    let (port, _seen) = upstream().await;
+    let (mut ctx, store, _d) = ctx(port, Decision::allow("unused"), None).await;
+    let sub = |line: &str, certainty: Certainty| Submitted {
+        line: line.into(),
+        certainty,
+    };
+    ctx.authorizer = Arc::new(ExecRules { strict: false });
+    let lax = exec::LineChecker::new(ctx.clone(), "dev/web".into());
+    assert_eq!(
+        lax.check(&sub("ls -l", Certainty::Typed)),
+        LineOutcome::Allow
+    );
+    assert_eq!(lax.check(&sub("   ", Certainty::Typed)), LineOutcome::Allow);
+    assert_eq!(
+        lax.check(&sub("ls", Certainty::Unsure("Tab".into()))),
+        LineOutcome::Allow
+    );
+    match lax.check(&sub("cd /; rm -rf x", Certainty::Typed)) {
+        LineOutcome::Block { reason, shown } => {
+            assert!(reason.contains("exec.deny 'rm *'"), "{reason}");
+            assert_eq!(shown, "cd /; rm -rf x");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Under `approve`: the relay holds the line and asks; no approver
+    // configured here, so the answer is no (audited).
+    match lax.check(&sub("touch x", Certainty::Typed)) {
+        LineOutcome::Approve { reason, shown } => {
+            assert!(reason.contains("exec.approve 'touch *'"), "{reason}");
+            let why = lax.approve(&shown, &reason).await.unwrap_err();
+            assert!(why.contains("no approver"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    ctx.authorizer = Arc::new(ExecRules { strict: true });
+    let strict = exec::LineChecker::new(ctx, "dev/web".into());
+    match strict.check(&sub("ls", Certainty::Unsure("history recall".into()))) {
+        LineOutcome::Block { reason, .. } => {
+            assert!(
+                reason.contains("history recall") && reason.contains("strict"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let blocked = store.list_events(Some("command-blocked"), 10).unwrap();
+    assert_eq!(blocked.len(), 3, "{blocked:?}");
+    assert!(
+        blocked
+            .iter()
+            .any(|e| e.detail == "kubectl exec dev/web: cd /; rm -rf x")
+    );
+    let allowed = store.list_events(Some("command-allowed"), 10).unwrap();
+    assert_eq!(allowed.len(), 2, "{allowed:?}");
+}
+
+#[tokio::test]
+async fn guarded_shell_refuses_spdy_even_unrecorded() {
+    // Not recorded, masking not live, but stdin into a shell must be
+    // line-checked: SPDY cannot be read, so it is refused before upstream.
+    let (port, seen) = upstream().await;
+    let (ctx, store, _d) = ctx(port, Decision::allow("allow"), None).await;
+    let mut c = client(ctx).await;
+    let mut req = get("/api/v1/namespaces/dev/pods/web/exec?command=sh&stdin=true&tty=true");
+    *req.method_mut() = hyper::Method::POST;
+    req.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    req.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    let res = c.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(body_text(res).await.contains("WebSocket"));
+    assert!(seen.lock().unwrap().is_empty());
+    let r = rows(&store, 1).await;
+    assert_eq!(r[0].decision, "deny");
+    assert!(
+        r[0].reason.contains("WebSocket required"),
+        "{}",
+        r[0].reason
+    );
+}
+
+#[tokio::test]
+async fn exec_command_in_the_audit_path_is_masked() {
+    let (port, _seen) = upstream().await;
+    let (mut ctx, store, _d) = ctx(port, Decision::allow("allow"), None).await;
+    let masker = crate::mask::Masker::builtin().unwrap();
+    ctx.mask = Arc::new(move |b: &[u8]| masker.mask(b).bytes);
+    ctx.authorizer = Arc::new(ExecRules { strict: false });
+    let mut c = client(ctx).await;
+    // Denied (rm), so nothing runs; the row still holds the command.
+    let res = c
+        .send_request(exec_request(
+            "command=rm&command=-rf&command=password%3Dhunter2&stdout=true",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let body = body_text(res).await;
+    assert!(!body.contains("hunter2"), "{body}");
+    let r = rows(&store, 1).await;
+    assert!(!r[0].path.contains("hunter2"), "{}", r[0].path);
+    assert!(r[0].path.contains("MASKED"), "{}", r[0].path);
+    let ev = store.list_events(Some("command-blocked"), 10).unwrap();
+    assert!(!ev[0].detail.contains("hunter2"), "{ev:?}");
+}
+
+#[tokio::test]
+async fn typed_line_approval_goes_through_the_approver() {
+    use exec::LineCheck;
+    let (port, _seen) = upstream().await;
+    for (answer, ok) in [(Some(true), true), (Some(false), false)] {
+        let (mut ctx, store, _d) = ctx_for(port, answer).await;
+        ctx.authorizer = Arc::new(ExecRules { strict: false });
+        let c = exec::LineChecker::new(ctx, "dev/web".into());
+        let r = c
+            .approve("touch x", "t.toml:3 role 'r' exec.approve 'touch *'")
+            .await;
+        assert_eq!(r.is_ok(), ok, "{r:?}");
+        let kind = if ok {
+            "command-approved"
+        } else {
+            "command-blocked"
+        };
+        let ev = store.list_events(Some(kind), 10).unwrap();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].detail, "kubectl exec dev/web: touch x");
+    }
+    // An approver that never answers: the grant's timeout refuses.
+    let (mut ctx, _store, _d) = ctx_for(port, None).await;
+    ctx.approval_timeout = Duration::from_millis(50);
+    let c = exec::LineChecker::new(ctx, "dev/web".into());
+    let why = c.approve("touch x", "r").await.unwrap_err();
+    assert!(why.contains("timed out"), "{why}");
 }
