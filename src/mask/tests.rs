@@ -515,10 +515,8 @@ fn reference_mask(m: &Masker, text: &[u8]) -> Masked {
     loop {
         if in_pem {
             match pem_consume(text, p, true) {
-                PemStep::Done(i) => {
-                    in_pem = false;
-                    p = i;
-                }
+                // `in_pem` is set again from the next match's detector.
+                PemStep::Done(i) => p = i,
                 PemStep::Wait(_) => return out,
             }
         }
