@@ -191,6 +191,7 @@ pub struct Masked {
 }
 
 impl Masked {
+    #[cfg(test)]
     fn extend(&mut self, other: Masked) {
         self.bytes.extend_from_slice(&other.bytes);
         self.hits.extend(other.hits);
@@ -622,10 +623,10 @@ impl Masker {
 
     /// Mask a whole text at once (offsets relative to its start).
     pub fn mask(&self, text: &[u8]) -> Masked {
-        let mut s = self.stream();
-        let mut out = s.push(text);
-        out.extend(s.flush());
-        out
+        // One pass over the caller's bytes as a stream's last chunk: what
+        // `push` + `flush` give (the property tests compare them), without
+        // copying the text into a stream buffer first.
+        self.stream().scan(text, 0, true).0
     }
 
     /// Mask a string; the convenience for audit text (commands, kube bodies).
@@ -1184,11 +1185,25 @@ impl StreamMasker {
     }
 
     fn process(&mut self, last: bool) -> Masked {
+        let buf = std::mem::take(&mut self.buf);
+        let ctx = self.ctx;
+        let (out, emitted) = self.scan(&buf, ctx, last);
+        // Keep a little context before the pending bytes.
+        let keep_from = emitted.saturating_sub(CONTEXT);
+        self.base += (emitted - ctx) as u64;
+        self.ctx = emitted - keep_from;
+        self.buf = buf;
+        self.buf.drain(..keep_from);
+        out
+    }
+
+    /// Mask `buf[ctx..]` (`buf[..ctx]` is emitted context): the output and
+    /// how far into `buf` it reaches. [`Masker::mask`] calls it on the
+    /// caller's text directly, sparing a copy into the stream buffer.
+    fn scan(&mut self, buf: &[u8], ctx: usize, last: bool) -> (Masked, usize) {
         let inner = Arc::clone(&self.inner);
         let mut sc = std::mem::take(&mut self.scratch);
-        let buf = std::mem::take(&mut self.buf);
         let len = buf.len();
-        let ctx = self.ctx;
         let mut out = Masked {
             bytes: Vec::with_capacity(len - ctx),
             hits: Vec::new(),
@@ -1198,7 +1213,7 @@ impl StreamMasker {
         // Keyword hits in the pending bytes decide which detectors run,
         // where, and how much must be held back.
         let mut hold = len;
-        inner.scan_anchors(&buf, ctx, last, &mut sc.hits, &mut hold);
+        inner.scan_anchors(buf, ctx, last, &mut sc.hits, &mut hold);
         for ((t, h), d) in sc
             .triggered
             .iter_mut()
@@ -1213,7 +1228,7 @@ impl StreamMasker {
             *t = d.always || !h.is_empty();
         }
         if !last {
-            inner.hold_partial_keyword(&buf, ctx, &mut hold);
+            inner.hold_partial_keyword(buf, ctx, &mut hold);
             if inner.any_always {
                 let pending = buf.get(ctx..).unwrap_or_default();
                 let line_start = pending
@@ -1229,7 +1244,7 @@ impl StreamMasker {
         let mut waiting_in_pem = false;
         loop {
             if self.in_pem {
-                match pem_consume(&buf, p, last) {
+                match pem_consume(buf, p, last) {
                     PemStep::Done(i) => {
                         self.in_pem = false;
                         p = i;
@@ -1260,9 +1275,9 @@ impl StreamMasker {
                         else {
                             continue;
                         };
-                        inner.find_windowed(d, &buf, p, hits, cursor, locs)
+                        inner.find_windowed(d, buf, p, hits, cursor, locs)
                     } else {
-                        inner.find(d, &buf, p, locs)
+                        inner.find(d, buf, p, locs)
                     });
                 }
                 if let Some(Some(f)) = slot
@@ -1279,7 +1294,7 @@ impl StreamMasker {
                 break;
             };
             if d.generic {
-                d = inner.specific_name(&buf, &sc.triggered, f, d, &mut sc.locs);
+                d = inner.specific_name(buf, &sc.triggered, f, d, &mut sc.locs);
             }
             out.bytes
                 .extend_from_slice(buf.get(p..f.mask_start).unwrap_or_default());
@@ -1305,14 +1320,8 @@ impl StreamMasker {
             p.max(hold)
         };
 
-        // Keep a little context before the pending bytes.
-        let keep_from = emitted.saturating_sub(CONTEXT);
-        self.base += (emitted - ctx) as u64;
-        self.ctx = emitted - keep_from;
-        self.buf = buf;
-        self.buf.drain(..keep_from);
         self.scratch = sc;
-        out
+        (out, emitted)
     }
 }
 
