@@ -9,10 +9,15 @@
 #   bench/masking.sh                # 200 MB
 #   MB=50 bench/masking.sh
 #   SALLYPORT=target/release/sallyport bench/masking.sh   # skip the build
+#   RUNS=3 bench/masking.sh         # best of 3 per cell (a shared machine is noisy)
+#
+# The build honours CARGO_TARGET_DIR. Figures are wall-clock: the load
+# average is printed with them, since a busy machine lowers every column.
 set -euo pipefail
 shopt -s inherit_errexit
 
 MB=${MB:-200}
+RUNS=${RUNS:-1}
 CIPHER=${CIPHER:-aes128-gcm@openssh.com}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -160,6 +165,15 @@ rate() { # port cert remote-command MB-of-output -> MB/s (wall clock of the whol
     python3 -c "print(f'{$mb / ($t1 - $t0):.1f}')"
 }
 
+best_rate() { # like rate, the best of RUNS
+    local best=0 r
+    for _ in $(seq "$RUNS"); do
+        r=$(rate "$@")
+        best=$(python3 -c "print(max($best, $r))")
+    done
+    echo "$best"
+}
+
 # base64 of N MB is 4/3 N MB of output (plus newlines).
 B64="head -c $((MB * 1024 * 1024)) /dev/zero | base64"
 B64_MB=$(python3 -c "print(round($MB * 4 / 3 * 77 / 76, 1))")
@@ -170,9 +184,10 @@ printf '%-40s %10s %10s %10s %8s %8s\n' "output, MB/s" "all det." "1 det." "sshd
 for what in b64 dense; do
     if [[ $what == b64 ]]; then cmd=$B64; mb=$B64_MB; label="base64 of $MB MB zeros ($mb MB)"; else cmd=$DENSE; mb=$DENSE_MB; label="secret-dense text ($mb MB)"; fi
     rate "$ON_PORT" "$T/id-on-cert.pub" "$cmd" "$mb" > /dev/null # warm up
-    on=$(rate "$ON_PORT" "$T/id-on-cert.pub" "$cmd" "$mb")
-    off=$(rate "$OFF_PORT" "$T/id-off-cert.pub" "$cmd" "$mb")
-    sshd=$(rate "$SSHD_PORT" "$T/id-on-cert.pub" "$cmd" "$mb")
+    on=$(best_rate "$ON_PORT" "$T/id-on-cert.pub" "$cmd" "$mb")
+    off=$(best_rate "$OFF_PORT" "$T/id-off-cert.pub" "$cmd" "$mb")
+    sshd=$(best_rate "$SSHD_PORT" "$T/id-on-cert.pub" "$cmd" "$mb")
     printf '%-40s %10s %10s %10s %8s %8s\n' "$label" "$on" "$off" "$sshd" \
         "$(python3 -c "print(f'{$on / $off:.2f}')")" "$(python3 -c "print(f'{$on / $sshd:.2f}')")"
 done
+echo "(best of $RUNS; load average now: $(cut -d' ' -f1-3 /proc/loadavg))"

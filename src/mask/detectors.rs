@@ -50,7 +50,16 @@ pub(crate) enum Kind {
 pub(crate) struct Builtin {
     pub name: &'static str,
     pub regex: &'static str,
+    /// Exact case unless `ci` (then lowercase).
     pub keywords: &'static [&'static str],
+    /// Keywords match ASCII case-insensitively (the regex is `(?i)` there).
+    pub ci: bool,
+    /// Three-byte anchors the fast scan looks for: each keyword is found
+    /// through the first of these it contains (its first three bytes when
+    /// it contains none). Chosen so that the scan looks for few, rare
+    /// three-byte strings: `://` instead of 21 URL schemes, `key` for the
+    /// twelve `*_key` spellings.
+    pub anchors: &'static [&'static str],
     pub lead: usize,
     pub max_len: usize,
     pub run: Run,
@@ -87,7 +96,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "private-key",
         regex: r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----",
-        keywords: &["-----begin"],
+        keywords: &["-----BEGIN"],
+        ci: false,
+        // `---` is common (tables, separators); `-BE` is not.
+        anchors: &["-BE"],
         lead: 0,
         max_len: 80,
         run: Run::Line,
@@ -97,6 +109,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "gcp-service-account-key",
         regex: r#""private_key"[ \t]{0,4}:[ \t]{0,4}"(-----BEGIN[^"\r\n]{0,8192})""#,
         keywords: &["\"private_key\""],
+        ci: false,
+        // Shares the `key` anchor of password-assignment: one group fewer
+        // for the SIMD scan.
+        anchors: &["key"],
         lead: 0,
         max_len: 8250,
         run: Run::Line,
@@ -105,7 +121,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "aws-access-key-id",
         regex: r"\b(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b",
-        keywords: &["akia", "asia", "abia", "acca", "a3t"],
+        keywords: &["AKIA", "ASIA", "ABIA", "ACCA", "A3T"],
+        ci: false,
+        anchors: &[],
         lead: 0,
         max_len: 20,
         run: Run::Token,
@@ -115,6 +133,10 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "aws-secret-access-key",
         regex: r#"(?i:aws[_-]?)?(?i:secret_access_key|secret-access-key|secretaccesskey)["']?[ \t]{0,4}[:=][ \t]{0,4}["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#,
         keywords: &["secret_access_key", "secret-access-key", "secretaccesskey"],
+        ci: true,
+        // `ecr` rather than `sec`: `second`, `security`, `section` are
+        // common words, `secret` is not the only one starting so.
+        anchors: &["ecr"],
         lead: 4,
         max_len: 80,
         run: Run::Line,
@@ -124,6 +146,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "github-token",
         regex: r"\b(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,251})",
         keywords: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        ci: false,
+        // `b_p` for `github_pat_`: `git` is in every other command line.
+        anchors: &["b_p", "ghp", "gho", "ghu", "ghs", "ghr"],
         lead: 0,
         max_len: 262,
         run: Run::Token,
@@ -133,6 +158,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "gitlab-token",
         regex: r"\bglpat-[A-Za-z0-9_-]{20,64}",
         keywords: &["glpat-"],
+        ci: false,
+        anchors: &[],
         lead: 0,
         max_len: 70,
         run: Run::Token,
@@ -142,6 +169,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "slack-token",
         regex: r"\bxox[abposr]-[A-Za-z0-9-]{10,250}",
         keywords: &["xox"],
+        ci: false,
+        anchors: &[],
         lead: 0,
         max_len: 260,
         run: Run::Token,
@@ -151,6 +180,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "slack-webhook",
         regex: r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+-]{20,200}",
         keywords: &["https://hooks.slack.com/"],
+        ci: false,
+        anchors: &["://"],
         lead: 0,
         max_len: 240,
         run: Run::NonSpace,
@@ -160,6 +191,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "stripe-key",
         regex: r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}",
         keywords: &["sk_live_", "sk_test_", "rk_live_", "rk_test_"],
+        ci: false,
+        anchors: &[],
         lead: 0,
         max_len: 260,
         run: Run::Token,
@@ -168,7 +201,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "gcp-api-key",
         regex: r"\bAIza[0-9A-Za-z_-]{35}",
-        keywords: &["aiza"],
+        keywords: &["AIza"],
+        ci: false,
+        anchors: &[],
         lead: 0,
         max_len: 39,
         run: Run::Token,
@@ -177,7 +212,9 @@ pub(crate) const BUILTINS: &[Builtin] = &[
     Builtin {
         name: "jwt",
         regex: r"\beyJ[A-Za-z0-9_-]{8,4096}\.eyJ[A-Za-z0-9_-]{8,8192}\.[A-Za-z0-9_-]{0,2048}",
-        keywords: &["eyj"],
+        keywords: &["eyJ"],
+        ci: false,
+        anchors: &[],
         lead: 0,
         max_len: 14400,
         run: Run::Token,
@@ -187,6 +224,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         name: "connection-string-password",
         regex: r#"(?i:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|clickhouse|https?|s?ftp|smtp|ldaps?|nats)://[^\s:/@"']{1,128}:([^\s@/"']{1,256})@"#,
         keywords: CONN_SCHEMES,
+        ci: true,
+        anchors: &["://"],
         lead: 0,
         max_len: 420,
         run: Run::NonSpace,
@@ -215,6 +254,11 @@ pub(crate) const BUILTINS: &[Builtin] = &[
             "privatekey",
             "authorization",
         ],
+        ci: true,
+        // Rare three-byte pieces where there is a choice: `key` for the
+        // twelve `*key` spellings, `ecr` (secret), `zat` (authorization:
+        // `aut` is in every sshd "authentication" line).
+        anchors: &["key", "ecr", "zat"],
         lead: 0,
         max_len: 560,
         run: Run::Line,

@@ -9,12 +9,19 @@
 //!
 //! # How a chunk is processed
 //!
-//! 1. The aho-corasick automaton (all detectors' keywords, ASCII
-//!    case-insensitive) scans the pending bytes. Clean text has no keyword, so
-//!    it is emitted as is: this is the fast path.
-//! 2. Only detectors whose keyword occurred run their regex. The scan takes
-//!    the leftmost match over all detectors (ties: detector order), masks it
-//!    and continues after it.
+//! 1. The anchor scan: every keyword of every detector is reached through a
+//!    three-byte anchor (`AKI`, `ghp`, `eyJ`, `://`, the eight case
+//!    variants of `key`, `pas`, `tok`, ...), about 60 in all, searched with
+//!    aho-corasick's packed SIMD searcher (Teddy; an aho-corasick DFA where
+//!    Teddy is unavailable). Clean text has few anchors, so it is emitted as
+//!    is: this is the fast path. At each anchor the keywords it stands for
+//!    are compared in place (ASCII case-insensitively for the detectors
+//!    whose regex is `(?i)`), so `Accepted publickey` costs one comparison.
+//! 2. Only detectors whose keyword occurred run their regex, and only over
+//!    a window around each keyword (from `lead` bytes before it to
+//!    `max_len` after: every match lies there, see `detectors.rs`). The scan
+//!    takes the leftmost match over all detectors (ties: detector order),
+//!    masks it and continues after it.
 //! 3. A PEM private-key header switches the masker into "inside a key block"
 //!    mode that swallows the body until the `-----END ...-----` line,
 //!    however long the block is and however it is chunked.
@@ -43,10 +50,12 @@
 //! Custom matches longer than [`CUSTOM_MAX`] bytes are not guaranteed across
 //! chunk boundaries.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::bytes::{Regex, RegexBuilder};
+use aho_corasick::packed;
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use regex::bytes::{CaptureLocations, Regex, RegexBuilder};
 
 mod detectors;
 
@@ -67,6 +76,12 @@ const SLACK: usize = 2;
 
 /// Longest PEM footer (`-----END <type> PRIVATE KEY-----`) accepted.
 const PEM_FOOTER_MAX: usize = 96;
+
+/// Length of the anchors the fast scan looks for. Teddy fingerprints the
+/// first three bytes of each pattern; with every anchor exactly this long,
+/// at most one anchor starts at any byte, so a leftmost scan restarted one
+/// byte after each hit sees every occurrence.
+const ANCHOR_LEN: usize = 3;
 
 /// Errors building a [`Masker`].
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +191,7 @@ pub struct Masked {
 }
 
 impl Masked {
+    #[cfg(test)]
     fn extend(&mut self, other: Masked) {
         self.bytes.extend_from_slice(&other.bytes);
         self.hits.extend(other.hits);
@@ -186,12 +202,33 @@ struct Detector {
     name: Arc<str>,
     marker: Vec<u8>,
     regex: Regex,
+    /// For built-ins whose match starts exactly at the keyword (`lead` 0):
+    /// the regex anchored (`^(?:...)`, without a leading `\b`), run on the
+    /// window from the keyword, so a keyword that starts no secret costs a
+    /// few DFA steps instead of a scan of the window.
+    anchored: Option<Regex>,
+    /// `anchored` with its long counted repetitions (`{1,256}`) unbounded,
+    /// for resolving capture groups: the engine that tracks groups clears
+    /// a bitmap of NFA states x match length per match, and each counted
+    /// repetition unrolls into that many states. See `relax_repetitions`
+    /// for why its groups are `anchored`'s on matches up to `relaxed_max`.
+    capture: Option<Regex>,
+    relaxed_max: usize,
+    /// The regex starts with `\b` (checked by hand before `anchored` runs,
+    /// which cannot see the byte before the window).
+    word_start: bool,
+    /// The regex has capture groups (resolved only on a found match).
+    groups: bool,
     lead: usize,
     max_len: usize,
     run: Run,
     kind: Kind,
     /// Custom rule without a usable literal: runs on every chunk.
     always: bool,
+    /// A built-in: its `lead`/`max_len` bounds hold for every match, so the
+    /// regex runs only on windows around its keywords. Custom rules promise
+    /// no bound and are searched over the whole buffer.
+    windowed: bool,
     /// A generic value detector (`password=...`): when a specific detector
     /// matches exactly the masked value, the hit takes that name.
     generic: bool,
@@ -199,19 +236,52 @@ struct Detector {
 
 struct Keyword {
     detector: usize,
-    len: usize,
+    /// Lowercase when `ci`, else exact.
+    bytes: Vec<u8>,
+    ci: bool,
+}
+
+impl Keyword {
+    fn matches(&self, hay: &[u8]) -> bool {
+        Self::matches_as(self.ci, hay, &self.bytes)
+    }
+
+    fn matches_as(ci: bool, hay: &[u8], kw: &[u8]) -> bool {
+        if ci {
+            hay.eq_ignore_ascii_case(kw)
+        } else {
+            hay == kw
+        }
+    }
+}
+
+/// A keyword an anchor stands for, and where the anchor sits inside it.
+#[derive(Clone, Copy)]
+struct AnchorUse {
+    keyword: usize,
+    offset: usize,
+}
+
+/// The searcher for the anchors.
+enum Scanner {
+    /// Teddy (SSSE3/AVX2): the fast path.
+    Packed(packed::Searcher),
+    /// Where Teddy cannot be built (no SIMD, too many anchors from custom
+    /// rules): an aho-corasick DFA, overlapping matches.
+    Dfa(AhoCorasick),
 }
 
 struct Inner {
     detectors: Vec<Detector>,
-    ac: Option<AhoCorasick>,
-    /// Per aho-corasick pattern: which detector it belongs to.
     keywords: Vec<Keyword>,
-    /// Lowercased keywords, for the partial-keyword check at a chunk's end.
-    keyword_bytes: Vec<Vec<u8>>,
-    /// Bytes that occur in some keyword (both cases): a chunk ending in any
-    /// other byte cannot end in a partial keyword.
-    keyword_chars: [bool; 256],
+    scanner: Option<Scanner>,
+    /// Per anchor pattern: the keywords it stands for.
+    anchors: Vec<Vec<AnchorUse>>,
+    /// Per byte value: the keywords starting with it (both cases when
+    /// case-insensitive), for the partial-keyword check at a chunk's end.
+    first_byte: Vec<Vec<usize>>,
+    /// Longest keyword, bounding that check.
+    longest_keyword: usize,
     any_always: bool,
 }
 
@@ -278,6 +348,124 @@ fn literal_prefix(re: &str) -> Option<String> {
     (lit.len() >= 3).then_some(lit)
 }
 
+/// Every spelling of `a` that ASCII case-insensitive matching accepts
+/// (just `a` when `ci` is false); at most 2^3 for a three-byte anchor.
+fn case_variants(a: &[u8], ci: bool) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = vec![Vec::with_capacity(a.len())];
+    for &b in a {
+        let (lo, up) = (b.to_ascii_lowercase(), b.to_ascii_uppercase());
+        if ci && lo != up {
+            let mut uppers = out.clone();
+            for v in &mut out {
+                v.push(lo);
+            }
+            for v in &mut uppers {
+                v.push(up);
+            }
+            out.extend(uppers);
+        } else {
+            for v in &mut out {
+                v.push(b);
+            }
+        }
+    }
+    out
+}
+
+/// Where in `kw` its anchor sits: the first of `preferred` it contains,
+/// else its start.
+fn anchor_offset(kw: &[u8], ci: bool, preferred: &[&str]) -> usize {
+    for a in preferred {
+        let a = a.as_bytes();
+        if let Some(i) = kw.windows(a.len()).position(|w| {
+            if ci {
+                w.eq_ignore_ascii_case(a)
+            } else {
+                w == a
+            }
+        }) {
+            return i;
+        }
+    }
+    0
+}
+
+/// Build the anchor scanner for `keywords` (each with its preferred
+/// anchors): the searcher, and per anchor pattern the keywords it stands for.
+fn build_scanner(
+    keywords: &[Keyword],
+    preferred: &[&[&str]],
+) -> Result<(Option<Scanner>, Vec<Vec<AnchorUse>>), Error> {
+    let mut ids: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut patterns: Vec<Vec<u8>> = Vec::new();
+    let mut anchors: Vec<Vec<AnchorUse>> = Vec::new();
+    for (ki, kw) in keywords.iter().enumerate() {
+        let pref = preferred.get(ki).copied().unwrap_or_default();
+        let offset = anchor_offset(&kw.bytes, kw.ci, pref);
+        let end = (offset + ANCHOR_LEN).min(kw.bytes.len());
+        let anchor = kw.bytes.get(offset..end).unwrap_or_default();
+        for v in case_variants(anchor, kw.ci) {
+            let id = *ids.entry(v.clone()).or_insert_with(|| {
+                patterns.push(v);
+                anchors.push(Vec::new());
+                anchors.len() - 1
+            });
+            if let Some(uses) = anchors.get_mut(id) {
+                uses.push(AnchorUse {
+                    keyword: ki,
+                    offset,
+                });
+            }
+        }
+    }
+    if patterns.is_empty() {
+        return Ok((None, anchors));
+    }
+    // Teddy puts patterns with the same low nybbles (the case variants of
+    // one anchor) in one bucket, choosing the bucket from the id of the
+    // group's first pattern. Listed variant after variant, the groups'
+    // first ids would be 8 apart and pile into two buckets, whose merged
+    // fingerprints then match common text (measured: 2.4x the scan's
+    // instructions). So the first spelling of every anchor comes first.
+    let mut seen = std::collections::HashSet::new();
+    let (mut order, mut rest): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+    for (i, pat) in patterns.iter().enumerate() {
+        let low: Vec<u8> = pat.iter().map(|b| b & 0x0f).collect();
+        if seen.insert(low) {
+            order.push(i);
+        } else {
+            rest.push(i);
+        }
+    }
+    order.extend(rest);
+    let patterns: Vec<Vec<u8>> = order
+        .iter()
+        .filter_map(|&i| patterns.get(i).cloned())
+        .collect();
+    let anchors: Vec<Vec<AnchorUse>> = order
+        .iter()
+        .filter_map(|&i| anchors.get(i).cloned())
+        .collect();
+    // Teddy only when all anchors have the same length (see ANCHOR_LEN):
+    // a leftmost scan could otherwise hide a shorter anchor at a position
+    // where a longer one matched.
+    let uniform = patterns.iter().all(|p| p.len() == ANCHOR_LEN);
+    if uniform
+        && let Some(s) = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostFirst)
+            .builder()
+            .extend(&patterns)
+            .build()
+    {
+        return Ok((Some(Scanner::Packed(s)), anchors));
+    }
+    let ac = AhoCorasick::builder()
+        .kind(Some(AhoCorasickKind::DFA))
+        .match_kind(MatchKind::Standard)
+        .build(&patterns)?;
+    Ok((Some(Scanner::Dfa(ac)), anchors))
+}
+
 impl Masker {
     /// Compile the detectors a config asks for.
     pub fn new(cfg: &MaskConfig) -> Result<Self, Error> {
@@ -287,8 +475,8 @@ impl Masker {
             }
         }
         let mut detectors = Vec::new();
-        let mut patterns: Vec<String> = Vec::new();
-        let mut keywords = Vec::new();
+        let mut keywords: Vec<Keyword> = Vec::new();
+        let mut preferred: Vec<&[&str]> = Vec::new();
         // Custom rules first: an operator's own rule wins a tie.
         for rule in &cfg.custom {
             if !valid_name(&rule.name) {
@@ -306,19 +494,26 @@ impl Masker {
             if let Some(l) = &lit {
                 keywords.push(Keyword {
                     detector: idx,
-                    len: l.len(),
+                    bytes: l.clone().into_bytes(),
+                    ci: true,
                 });
-                patterns.push(l.clone());
+                preferred.push(&[]);
             }
             detectors.push(Detector {
                 marker: format!("[MASKED:{}]", rule.name).into_bytes(),
                 name: Arc::from(rule.name.as_str()),
+                anchored: None,
+                capture: None,
+                relaxed_max: 0,
+                word_start: false,
+                groups: regex.captures_len() > 1,
                 regex,
                 lead: 0,
                 max_len: CUSTOM_MAX,
                 run: Run::Any,
                 kind: Kind::Plain,
                 always: lit.is_none(),
+                windowed: false,
                 generic: false,
             });
         }
@@ -333,52 +528,84 @@ impl Masker {
                     name: b.name.to_string(),
                     source: Box::new(e),
                 })?;
+            let word_start = b.regex.starts_with(r"\b");
+            let compile = |re: &str| {
+                RegexBuilder::new(re)
+                    .unicode(false)
+                    .build()
+                    .map_err(|e| Error::BadRegex {
+                        name: b.name.to_string(),
+                        source: Box::new(e),
+                    })
+            };
+            let (mut anchored, mut capture, mut relaxed_max) = (None, None, 0);
+            if b.lead == 0 {
+                let body = b.regex.strip_prefix(r"\b").unwrap_or(b.regex);
+                anchored = Some(compile(&format!("^(?:{body})"))?);
+                if regex.captures_len() > 1
+                    && let Some((relaxed, max)) = relax_repetitions(body, RELAX_FROM)
+                {
+                    capture = Some(compile(&format!("^(?:{relaxed})"))?);
+                    relaxed_max = max;
+                }
+            }
             let idx = detectors.len();
             for k in b.keywords {
                 keywords.push(Keyword {
                     detector: idx,
-                    len: k.len(),
+                    bytes: if b.ci {
+                        k.to_ascii_lowercase().into_bytes()
+                    } else {
+                        k.as_bytes().to_vec()
+                    },
+                    ci: b.ci,
                 });
-                patterns.push(k.to_ascii_lowercase());
+                preferred.push(b.anchors);
             }
             detectors.push(Detector {
                 name: Arc::from(b.name),
                 marker: format!("[MASKED:{}]", b.name).into_bytes(),
+                anchored,
+                capture,
+                relaxed_max,
+                word_start,
+                groups: regex.captures_len() > 1,
                 regex,
                 lead: b.lead,
                 max_len: b.max_len,
                 run: b.run,
                 kind: b.kind,
                 always: false,
+                windowed: true,
                 generic: b.name == "password-assignment",
             });
         }
-        let ac = if patterns.is_empty() {
-            None
-        } else {
-            Some(
-                AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::Standard)
-                    .build(&patterns)?,
-            )
-        };
-        let mut keyword_chars = [false; 256];
-        for b in patterns.iter().flat_map(|p| p.bytes()) {
-            for c in [b.to_ascii_lowercase(), b.to_ascii_uppercase()] {
-                if let Some(slot) = keyword_chars.get_mut(usize::from(c)) {
-                    *slot = true;
+        let (scanner, anchors) = build_scanner(&keywords, &preferred)?;
+        let mut first_byte = vec![Vec::new(); 256];
+        for (ki, kw) in keywords.iter().enumerate() {
+            let Some(&c) = kw.bytes.first() else {
+                continue;
+            };
+            let mut cases = vec![c];
+            if kw.ci && c.to_ascii_uppercase() != c {
+                cases.push(c.to_ascii_uppercase());
+            }
+            for c in cases {
+                if let Some(list) = first_byte.get_mut(usize::from(c)) {
+                    list.push(ki);
                 }
             }
         }
+        let longest_keyword = keywords.iter().map(|k| k.bytes.len()).max().unwrap_or(0);
         let any_always = detectors.iter().any(|d| d.always);
         Ok(Self {
             inner: Arc::new(Inner {
                 detectors,
-                ac,
                 keywords,
-                keyword_bytes: patterns.into_iter().map(String::into_bytes).collect(),
-                keyword_chars,
+                scanner,
+                anchors,
+                first_byte,
+                longest_keyword,
                 any_always,
             }),
         })
@@ -396,10 +623,10 @@ impl Masker {
 
     /// Mask a whole text at once (offsets relative to its start).
     pub fn mask(&self, text: &[u8]) -> Masked {
-        let mut s = self.stream();
-        let mut out = s.push(text);
-        out.extend(s.flush());
-        out
+        // One pass over the caller's bytes as a stream's last chunk: what
+        // `push` + `flush` give (the property tests compare them), without
+        // copying the text into a stream buffer first.
+        self.stream().scan(text, 0, true).0
     }
 
     /// Mask a string; the convenience for audit text (commands, kube bodies).
@@ -415,7 +642,40 @@ impl Masker {
             ctx: 0,
             base: 0,
             in_pem: false,
+            scratch: Scratch::default(),
         }
+    }
+}
+
+/// Per-stream buffers reused from one chunk to the next, so that a chunk
+/// allocates nothing but its output.
+#[derive(Default)]
+struct Scratch {
+    /// Per detector: buffer positions of its keywords, ascending.
+    hits: Vec<Vec<usize>>,
+    /// Per detector: index of the first hit the scan has not passed.
+    cursor: Vec<usize>,
+    triggered: Vec<bool>,
+    /// Per detector: its next match at or after the scan position, once
+    /// searched (`Some(None)`: no further match).
+    cache: Vec<Option<Option<Found>>>,
+    /// Per detector: capture slots, made on its first match.
+    locs: Vec<Option<CaptureLocations>>,
+}
+
+impl Scratch {
+    fn reset(&mut self, n: usize) {
+        self.hits.resize_with(n, Vec::new);
+        for h in &mut self.hits {
+            h.clear();
+        }
+        self.cursor.clear();
+        self.cursor.resize(n, 0);
+        self.triggered.clear();
+        self.triggered.resize(n, false);
+        self.cache.clear();
+        self.cache.resize(n, None);
+        self.locs.resize_with(n, || None);
     }
 }
 
@@ -429,6 +689,7 @@ pub struct StreamMasker {
     base: u64,
     /// Inside a PEM private-key block: body bytes are swallowed.
     in_pem: bool,
+    scratch: Scratch,
 }
 
 impl std::fmt::Debug for StreamMasker {
@@ -467,6 +728,59 @@ fn pem_body_byte(b: u8) -> bool {
 }
 
 const PEM_END: &[u8] = b"-----END";
+
+/// Counted repetitions with an upper bound at least this large are
+/// unbounded in the capture regexes.
+const RELAX_FROM: usize = 64;
+
+/// `re` with every greedy counted repetition `{m,n}` where `n >= from`
+/// rewritten as `{m,}`, and the smallest such `n`; `None` when there is
+/// none. Only for the built-in patterns (they have no `\{` escapes).
+///
+/// Why the capture groups stay those of `re` on a match no longer than
+/// that smallest `n`: the paths of `re` are the paths of the relaxed regex
+/// whose repetition counts stay within bounds, in the same leftmost-first
+/// order (a greedy repetition prefers one more iteration in both). On a
+/// match of length L every count is at most L, so when L <= every relaxed
+/// bound, the relaxed regex's preferred path is one of `re`'s paths, hence
+/// `re`'s preferred path too: same match, same groups.
+fn relax_repetitions(re: &str, from: usize) -> Option<(String, usize)> {
+    let mut out = String::with_capacity(re.len());
+    let mut min_n = usize::MAX;
+    let mut rest = re;
+    while let Some(open) = rest.find('{') {
+        let (before, tail) = rest.split_at(open);
+        out.push_str(before);
+        let close = tail.find('}');
+        let counts = close.and_then(|c| tail.get(1..c));
+        let parsed = counts.and_then(|c| {
+            let (m, n) = c.split_once(',')?;
+            Some((m.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
+        });
+        let lazy = close
+            .and_then(|c| tail.get(c + 1..))
+            .is_some_and(|t| t.starts_with('?'));
+        match (close, parsed) {
+            (Some(c), Some((m, n))) if n >= from && !lazy => {
+                out.push_str(&format!("{{{m},}}"));
+                min_n = min_n.min(n);
+                rest = tail.get(c + 1..).unwrap_or_default();
+            }
+            _ => {
+                out.push('{');
+                rest = tail.get(1..).unwrap_or_default();
+            }
+        }
+    }
+    out.push_str(rest);
+    (min_n != usize::MAX).then_some((out, min_n))
+}
+
+/// A byte `\b` counts as part of a word (ASCII: the built-ins are compiled
+/// without Unicode).
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
 
 /// Swallow a PEM body from `i`. With `last`, nothing more will come.
 fn pem_consume(buf: &[u8], mut i: usize, last: bool) -> PemStep {
@@ -532,13 +846,18 @@ impl Inner {
         triggered: &[bool],
         f: Found,
         generic: &'a Detector,
+        locs: &mut [Option<CaptureLocations>],
     ) -> &'a Detector {
         let hay = buf.get(..f.mask_end).unwrap_or_default();
-        for (i, d) in self.detectors.iter().enumerate() {
-            if d.generic || d.kind != Kind::Plain || !triggered.get(i).copied().unwrap_or(false) {
+        for ((d, t), l) in self.detectors.iter().zip(triggered).zip(locs) {
+            if d.generic || d.kind != Kind::Plain || !*t {
                 continue;
             }
-            if let Some(g) = self.find(d, hay, f.mask_start)
+            let found = match &d.anchored {
+                Some(re) => Self::find_anchored(d, re, hay, f.mask_start, hay.len(), l),
+                None => self.find(d, hay, f.mask_start, l),
+            };
+            if let Some(g) = found
                 && g.start == f.mask_start
                 && g.end == f.mask_end
             {
@@ -549,7 +868,13 @@ impl Inner {
     }
 
     /// First match of detector `d` starting at or after `from`.
-    fn find(&self, d: &Detector, hay: &[u8], from: usize) -> Option<Found> {
+    fn find(
+        &self,
+        d: &Detector,
+        hay: &[u8],
+        from: usize,
+        locs: &mut Option<CaptureLocations>,
+    ) -> Option<Found> {
         let mut at = from;
         loop {
             if at > hay.len() {
@@ -563,19 +888,25 @@ impl Inner {
                 at = m.start() + 1;
                 continue;
             }
-            let mut locs = d.regex.capture_locations();
-            let span = hay.get(..m.end()).unwrap_or_default();
-            if d.regex
-                .captures_read_at(&mut locs, span, m.start())
-                .is_none()
-            {
-                locs = d.regex.capture_locations();
-            }
             let (mut ms, mut me) = (m.start(), m.end());
-            for g in 1..locs.len() {
-                if let Some((s, e)) = locs.get(g) {
-                    (ms, me) = (s, e);
-                    break;
+            if d.groups {
+                // Resolve groups on the match plus the few bytes before it
+                // that a look-behind (`\b`, `(?m)^`, a Unicode `\b` decoding
+                // one UTF-8 char) can see: the engines that track groups
+                // cost in proportion to the haystack they are given.
+                let base = m.start().saturating_sub(4);
+                let locs = locs.get_or_insert_with(|| d.regex.capture_locations());
+                let span = hay.get(base..m.end()).unwrap_or_default();
+                if d.regex
+                    .captures_read_at(locs, span, m.start() - base)
+                    .is_some()
+                {
+                    for g in 1..locs.len() {
+                        if let Some((s, e)) = locs.get(g) {
+                            (ms, me) = (base + s, base + e);
+                            break;
+                        }
+                    }
                 }
             }
             return Some(Found {
@@ -584,6 +915,249 @@ impl Inner {
                 mask_start: ms,
                 mask_end: me,
             });
+        }
+    }
+
+    /// The match of `d` that starts exactly at `k`, looking no further than
+    /// `end`, through its anchored regex `re`.
+    fn find_anchored(
+        d: &Detector,
+        re: &Regex,
+        buf: &[u8],
+        k: usize,
+        end: usize,
+        locs: &mut Option<CaptureLocations>,
+    ) -> Option<Found> {
+        if d.word_start && k > 0 && buf.get(k - 1).is_some_and(|&b| is_word_byte(b)) {
+            return None; // the leading `\b` fails
+        }
+        let hay = buf.get(k..end)?;
+        let m = re.find(hay)?;
+        if m.start() != 0 || m.is_empty() {
+            return None;
+        }
+        let (mut ms, mut me) = (m.start(), m.end());
+        if d.groups {
+            let span = hay.get(..m.end())?;
+            let mut fresh;
+            let locs = match &d.capture {
+                Some(cre) if m.end() <= d.relaxed_max => {
+                    let locs = locs.get_or_insert_with(|| cre.capture_locations());
+                    if cre.captures_read(locs, span).is_some() && locs.get(0) == Some((0, m.end()))
+                    {
+                        locs
+                    } else {
+                        fresh = re.capture_locations();
+                        re.captures_read(&mut fresh, span);
+                        &mut fresh
+                    }
+                }
+                Some(_) => {
+                    // Too long for the relaxed regex to be trusted.
+                    fresh = re.capture_locations();
+                    re.captures_read(&mut fresh, span);
+                    &mut fresh
+                }
+                None => {
+                    let locs = locs.get_or_insert_with(|| re.capture_locations());
+                    re.captures_read(locs, span);
+                    locs
+                }
+            };
+            if locs.get(0).is_some() {
+                for g in 1..locs.len() {
+                    if let Some((s, e)) = locs.get(g) {
+                        (ms, me) = (s, e);
+                        break;
+                    }
+                }
+            }
+        }
+        Some(Found {
+            start: k,
+            end: k + m.end(),
+            mask_start: k + ms,
+            mask_end: k + me,
+        })
+    }
+
+    /// First match of built-in `d` starting at or after `p`, with its regex
+    /// run only on windows around its keyword hits (`hits`, ascending;
+    /// `cursor` skips those already behind the scan).
+    ///
+    /// Why this equals a search of the whole buffer: every match of `d`
+    /// contains a keyword hit `k` with `start <= k <= start + lead` and is
+    /// at most `max_len` long (the invariant in `detectors.rs`), so the
+    /// leftmost match at or after `p` starts in `[k - lead, k]` for some hit
+    /// and ends before `k + max_len`, inside the window. Cutting the
+    /// haystack at the window's end only changes what happens at that end
+    /// (`$`, a trailing `\b`): a match ending exactly there is searched
+    /// again without the cut.
+    fn find_windowed(
+        &self,
+        d: &Detector,
+        buf: &[u8],
+        p: usize,
+        hits: &[usize],
+        cursor: &mut usize,
+        locs: &mut Option<CaptureLocations>,
+    ) -> Option<Found> {
+        while let Some(&k) = hits.get(*cursor) {
+            if k < p {
+                *cursor += 1;
+                continue;
+            }
+            let end = (k + d.max_len + SLACK).min(buf.len());
+            if let Some(re) = &d.anchored {
+                // `lead` 0: a match starts exactly at its keyword.
+                let found = match Self::find_anchored(d, re, buf, k, end, locs) {
+                    Some(f) if f.end == end && end < buf.len() => {
+                        Self::find_anchored(d, re, buf, k, buf.len(), locs)
+                    }
+                    other => other,
+                };
+                if found.is_some() {
+                    return found;
+                }
+                *cursor += 1;
+                continue;
+            }
+            let from = k.saturating_sub(d.lead).max(p);
+            let hay = buf.get(..end).unwrap_or_default();
+            match self.find(d, hay, from, locs) {
+                Some(f) if f.end == end && end < buf.len() => {
+                    return self.find(d, buf, from, locs);
+                }
+                Some(f) if f.start <= k => return Some(f),
+                // Nothing starts at or before this keyword: a match after
+                // it belongs to a later keyword and its own window.
+                _ => *cursor += 1,
+            }
+        }
+        None
+    }
+
+    /// How much a keyword at `k` in the pending bytes forces to be held
+    /// back: from `lead` before it when its match could still grow with the
+    /// next read.
+    fn hold_for(&self, buf: &[u8], ctx: usize, k: usize, kw: &Keyword, hold: &mut usize) {
+        let Some(d) = self.detectors.get(kw.detector) else {
+            return;
+        };
+        let len = buf.len();
+        if k + d.max_len + SLACK <= len {
+            return; // any match around k lies within known bytes
+        }
+        let after = k + kw.bytes.len();
+        let run_end = buf
+            .get(after..)
+            .unwrap_or_default()
+            .iter()
+            .position(|&b| !d.run.contains(b))
+            .map_or(len, |p| after + p);
+        if run_end + SLACK > len {
+            *hold = (*hold).min(k.saturating_sub(d.lead).max(ctx));
+        }
+    }
+
+    /// Find every keyword in the pending bytes `buf[ctx..]` (through the
+    /// anchor scan), record it per detector in `hits` and, unless `last`,
+    /// lower `hold` for keywords whose match may continue in the next read.
+    fn scan_anchors(
+        &self,
+        buf: &[u8],
+        ctx: usize,
+        last: bool,
+        hits: &mut [Vec<usize>],
+        hold: &mut usize,
+    ) {
+        let Some(scanner) = &self.scanner else {
+            return;
+        };
+        let pending = buf.get(ctx..).unwrap_or_default();
+        let mut on_anchor = |pattern: usize, at: usize| {
+            let Some(uses) = self.anchors.get(pattern) else {
+                return;
+            };
+            for u in uses {
+                let Some(kw) = self.keywords.get(u.keyword) else {
+                    continue;
+                };
+                // Keywords start in the pending bytes (as the whole-text
+                // scan sees them): a keyword cut by an earlier read was
+                // held back whole, unless a flush released it.
+                let Some(k) = (ctx + at).checked_sub(u.offset).filter(|&k| k >= ctx) else {
+                    continue;
+                };
+                let Some(text) = buf.get(k..k + kw.bytes.len()) else {
+                    continue;
+                };
+                // Most keywords sharing an anchor (21 URL schemes share
+                // `://`) differ in their first byte: test it before the
+                // whole keyword.
+                if text.first().map(u8::to_ascii_lowercase)
+                    != kw.bytes.first().map(u8::to_ascii_lowercase)
+                    || !kw.matches(text)
+                {
+                    continue;
+                }
+                if let Some(h) = hits.get_mut(kw.detector) {
+                    h.push(k);
+                }
+                if !last {
+                    self.hold_for(buf, ctx, k, kw, hold);
+                }
+            }
+        };
+        match scanner {
+            Scanner::Packed(s) => {
+                let mut at = 0;
+                while at < pending.len() {
+                    let span = aho_corasick::Span::from(at..pending.len());
+                    let Some(m) = s.find_in(pending, span) else {
+                        break;
+                    };
+                    on_anchor(m.pattern().as_usize(), m.start());
+                    at = m.start() + 1;
+                }
+            }
+            Scanner::Dfa(ac) => {
+                for m in ac.find_overlapping_iter(pending) {
+                    on_anchor(m.pattern().as_usize(), m.start());
+                }
+            }
+        }
+    }
+
+    /// Lower `hold` to the start of a keyword cut by the chunk's end (`gh`
+    /// of `ghp_`, `postgr` of `postgres://`).
+    fn hold_partial_keyword(&self, buf: &[u8], ctx: usize, hold: &mut usize) {
+        let len = buf.len();
+        let from = len
+            .saturating_sub(self.longest_keyword.saturating_sub(1))
+            .max(ctx);
+        for q in from..len {
+            let tail = buf.get(q..).unwrap_or_default();
+            let Some(list) = tail
+                .first()
+                .and_then(|&b| self.first_byte.get(usize::from(b)))
+            else {
+                continue;
+            };
+            for &ki in list {
+                let Some(kw) = self.keywords.get(ki) else {
+                    continue;
+                };
+                if tail.len() < kw.bytes.len()
+                    && kw
+                        .bytes
+                        .get(..tail.len())
+                        .is_some_and(|prefix| Keyword::matches_as(kw.ci, tail, prefix))
+                {
+                    let lead = self.detectors.get(kw.detector).map_or(0, |d| d.lead);
+                    *hold = (*hold).min(q.saturating_sub(lead).max(ctx));
+                }
+            }
         }
     }
 }
@@ -611,73 +1185,52 @@ impl StreamMasker {
     }
 
     fn process(&mut self, last: bool) -> Masked {
-        let inner = Arc::clone(&self.inner);
         let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
         let ctx = self.ctx;
-        let mut out = Masked::default();
+        let (out, emitted) = self.scan(&buf, ctx, last);
+        // Keep a little context before the pending bytes.
+        let keep_from = emitted.saturating_sub(CONTEXT);
+        self.base += (emitted - ctx) as u64;
+        self.ctx = emitted - keep_from;
+        self.buf = buf;
+        self.buf.drain(..keep_from);
+        out
+    }
 
-        // Keyword hits in the pending bytes decide which detectors run and
-        // how much must be held back.
-        let mut triggered = vec![false; inner.detectors.len()];
+    /// Mask `buf[ctx..]` (`buf[..ctx]` is emitted context): the output and
+    /// how far into `buf` it reaches. [`Masker::mask`] calls it on the
+    /// caller's text directly, sparing a copy into the stream buffer.
+    fn scan(&mut self, buf: &[u8], ctx: usize, last: bool) -> (Masked, usize) {
+        let inner = Arc::clone(&self.inner);
+        let mut sc = std::mem::take(&mut self.scratch);
+        let len = buf.len();
+        let mut out = Masked {
+            bytes: Vec::with_capacity(len - ctx),
+            hits: Vec::new(),
+        };
+        sc.reset(inner.detectors.len());
+
+        // Keyword hits in the pending bytes decide which detectors run,
+        // where, and how much must be held back.
         let mut hold = len;
-        let pending = buf.get(ctx..).unwrap_or_default();
-        // Fast path: one leftmost search decides whether there is any
-        // keyword at all (clean text has none).
-        let any_keyword = inner.ac.as_ref().is_some_and(|ac| ac.is_match(pending));
-        if let Some(ac) = inner.ac.as_ref().filter(|_| any_keyword) {
-            for m in ac.find_overlapping_iter(pending) {
-                let Some(kw) = inner.keywords.get(m.pattern().as_usize()) else {
-                    continue;
-                };
-                let Some(d) = inner.detectors.get(kw.detector) else {
-                    continue;
-                };
-                if let Some(t) = triggered.get_mut(kw.detector) {
-                    *t = true;
-                }
-                if last {
-                    continue;
-                }
-                let k = ctx + m.start();
-                if k + d.max_len + SLACK <= len {
-                    continue; // any match around k lies within known bytes
-                }
-                let after = k + kw.len;
-                let run_end = buf
-                    .get(after..)
-                    .unwrap_or_default()
-                    .iter()
-                    .position(|&b| !d.run.contains(b))
-                    .map_or(len, |p| after + p);
-                if run_end + SLACK > len {
-                    hold = hold.min(k.saturating_sub(d.lead).max(ctx));
-                }
+        inner.scan_anchors(buf, ctx, last, &mut sc.hits, &mut hold);
+        for ((t, h), d) in sc
+            .triggered
+            .iter_mut()
+            .zip(&mut sc.hits)
+            .zip(&inner.detectors)
+        {
+            // Anchors sit at different offsets in a detector's keywords,
+            // so its hits can come slightly out of order.
+            if !h.is_sorted() {
+                h.sort_unstable();
             }
+            *t = d.always || !h.is_empty();
         }
         if !last {
-            // A keyword cut by the chunk end (`gh` of `ghp_`).
-            let ends_in_keyword_char = pending.last().is_some_and(|&b| {
-                inner
-                    .keyword_chars
-                    .get(usize::from(b))
-                    .copied()
-                    .unwrap_or(false)
-            });
-            if ends_in_keyword_char {
-                for (kw, meta) in inner.keyword_bytes.iter().zip(&inner.keywords) {
-                    let lead = inner.detectors.get(meta.detector).map_or(0, |d| d.lead);
-                    for l in (1..kw.len().min(pending.len() + 1)).rev() {
-                        let tail = pending.get(pending.len() - l..).unwrap_or_default();
-                        if tail.eq_ignore_ascii_case(kw.get(..l).unwrap_or_default()) {
-                            let q = len - l;
-                            hold = hold.min(q.saturating_sub(lead).max(ctx));
-                            break;
-                        }
-                    }
-                }
-            }
+            inner.hold_partial_keyword(buf, ctx, &mut hold);
             if inner.any_always {
+                let pending = buf.get(ctx..).unwrap_or_default();
                 let line_start = pending
                     .iter()
                     .rposition(|&b| b == b'\n')
@@ -685,19 +1238,13 @@ impl StreamMasker {
                 hold = hold.min(line_start.max(len.saturating_sub(CUSTOM_MAX)).max(ctx));
             }
         }
-        for (t, d) in triggered.iter_mut().zip(&inner.detectors) {
-            if d.always {
-                *t = true;
-            }
-        }
 
         // The scan: leftmost match over the triggered detectors.
-        let mut cache: Vec<Option<Option<Found>>> = vec![None; inner.detectors.len()];
         let mut p = ctx;
         let mut waiting_in_pem = false;
         loop {
             if self.in_pem {
-                match pem_consume(&buf, p, last) {
+                match pem_consume(buf, p, last) {
                     PemStep::Done(i) => {
                         self.in_pem = false;
                         p = i;
@@ -711,10 +1258,10 @@ impl StreamMasker {
             }
             let mut best: Option<(usize, Found)> = None;
             for (i, d) in inner.detectors.iter().enumerate() {
-                if !triggered.get(i).copied().unwrap_or(false) {
+                if !sc.triggered.get(i).copied().unwrap_or(false) {
                     continue;
                 }
-                let Some(slot) = cache.get_mut(i) else {
+                let (Some(slot), Some(locs)) = (sc.cache.get_mut(i), sc.locs.get_mut(i)) else {
                     continue;
                 };
                 let stale = match slot {
@@ -723,7 +1270,15 @@ impl StreamMasker {
                     Some(None) => false,
                 };
                 if stale {
-                    *slot = Some(inner.find(d, &buf, p));
+                    *slot = Some(if d.windowed {
+                        let (Some(hits), Some(cursor)) = (sc.hits.get(i), sc.cursor.get_mut(i))
+                        else {
+                            continue;
+                        };
+                        inner.find_windowed(d, buf, p, hits, cursor, locs)
+                    } else {
+                        inner.find(d, buf, p, locs)
+                    });
                 }
                 if let Some(Some(f)) = slot
                     && best.as_ref().is_none_or(|(_, b)| f.start < b.start)
@@ -739,7 +1294,7 @@ impl StreamMasker {
                 break;
             };
             if d.generic {
-                d = inner.specific_name(&buf, &triggered, f, d);
+                d = inner.specific_name(buf, &sc.triggered, f, d, &mut sc.locs);
             }
             out.bytes
                 .extend_from_slice(buf.get(p..f.mask_start).unwrap_or_default());
@@ -765,13 +1320,8 @@ impl StreamMasker {
             p.max(hold)
         };
 
-        // Keep a little context before the pending bytes.
-        let keep_from = emitted.saturating_sub(CONTEXT);
-        self.base += (emitted - ctx) as u64;
-        self.ctx = emitted - keep_from;
-        self.buf = buf;
-        self.buf.drain(..keep_from);
-        out
+        self.scratch = sc;
+        (out, emitted)
     }
 }
 

@@ -497,3 +497,384 @@ fn every_policy_detector_family_compiles_to_builtins() {
         Err(Error::UnknownDetector(_))
     ));
 }
+
+// ---------------------------------------------------------------------------
+// The anchor prefilter and the regex windows (issue 5, benchmark goals): they
+// must lose no detection. The reference below is the plain algorithm with
+// neither: every detector's regex over the whole text, leftmost match first.
+
+/// Mask `text` at once the slow, obvious way: no anchors, no windows.
+fn reference_mask(m: &Masker, text: &[u8]) -> Masked {
+    let inner = &m.inner;
+    let n = inner.detectors.len();
+    let mut locs: Vec<Option<CaptureLocations>> = vec![None; n];
+    let all = vec![true; n];
+    let mut out = Masked::default();
+    let mut p = 0;
+    let mut in_pem = false;
+    loop {
+        if in_pem {
+            match pem_consume(text, p, true) {
+                // `in_pem` is set again from the next match's detector.
+                PemStep::Done(i) => p = i,
+                PemStep::Wait(_) => return out,
+            }
+        }
+        let mut best: Option<(usize, Found)> = None;
+        for (i, d) in inner.detectors.iter().enumerate() {
+            if let Some(f) = inner.find(d, text, p, &mut locs[i])
+                && best.as_ref().is_none_or(|(_, b)| f.start < b.start)
+            {
+                best = Some((i, f));
+            }
+        }
+        let Some((di, f)) = best else { break };
+        let mut d = &inner.detectors[di];
+        if d.generic {
+            d = inner.specific_name(text, &all, f, d, &mut locs);
+        }
+        out.bytes.extend_from_slice(&text[p..f.mask_start]);
+        out.bytes.extend_from_slice(&d.marker);
+        out.bytes.extend_from_slice(&text[f.mask_end..f.end]);
+        out.hits.push(Hit {
+            detector: Arc::clone(&d.name),
+            offset: f.mask_start as u64,
+        });
+        p = f.end;
+        in_pem = d.kind == Kind::PemHeader;
+    }
+    out.bytes.extend_from_slice(&text[p..]);
+    out
+}
+
+fn stream_in_two(m: &Masker, text: &[u8], at: usize) -> Masked {
+    let mut s = m.stream();
+    let mut out = s.push(&text[..at]);
+    out.extend(s.push(&text[at..]));
+    out.extend(s.flush());
+    out
+}
+
+#[test]
+fn builtin_anchors_use_the_simd_scanner_and_are_few() {
+    let m = masker();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("ssse3") {
+        assert!(
+            matches!(m.inner.scanner, Some(Scanner::Packed(_))),
+            "built-in anchors must fit Teddy"
+        );
+    }
+    // Teddy slows down past 64 patterns (aho-corasick refuses them by
+    // default); 24 anchors, 5 of them in eight case variants, are 59.
+    assert!(m.inner.anchors.len() <= 64, "{}", m.inner.anchors.len());
+}
+
+#[test]
+fn every_keyword_is_reached_through_a_preferred_anchor() {
+    // A keyword that contains none of its detector's preferred anchors
+    // falls back to its first three bytes: correct, but it adds anchors.
+    // Catch that when detectors change.
+    for b in BUILTINS {
+        for k in b.keywords {
+            assert!(k.len() >= ANCHOR_LEN, "{}: keyword {k:?} too short", b.name);
+            if !b.anchors.is_empty() && b.name != "password-assignment" {
+                assert!(
+                    b.anchors
+                        .iter()
+                        .any(|a| k.to_ascii_lowercase().contains(&a.to_ascii_lowercase())),
+                    "{}: keyword {k:?} has no preferred anchor",
+                    b.name
+                );
+            }
+            if !b.ci {
+                // Case-sensitive keywords must be spelled as the regex
+                // spells them, or the regex could never match after them.
+                let m = Masker::new(&MaskConfig {
+                    detectors: vec![b.name.into()],
+                    custom: vec![],
+                })
+                .unwrap();
+                assert!(
+                    m.inner.keywords.iter().any(|kw| kw.bytes == k.as_bytes()),
+                    "{}: {k:?}",
+                    b.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn case_variants_of_keywords_are_masked() {
+    let cases = [
+        ("PASSWORD=hunter2xyz\n", "hunter2xyz", "password-assignment"),
+        (
+            "Password: hunter2xyz\n",
+            "hunter2xyz",
+            "password-assignment",
+        ),
+        ("pAsSwD=hunter2xyz\n", "hunter2xyz", "password-assignment"),
+        (
+            "Token: abcdef123456\n",
+            "abcdef123456",
+            "password-assignment",
+        ),
+        (
+            "TOKEN=abcdef123456\n",
+            "abcdef123456",
+            "password-assignment",
+        ),
+        (
+            "SECRET='s p a c e d'\n",
+            "s p a c e d",
+            "password-assignment",
+        ),
+        ("Api-Key: k3yk3yk3y\n", "k3yk3yk3y", "password-assignment"),
+        ("APIKEY=k3yk3yk3y\n", "k3yk3yk3y", "password-assignment"),
+        ("X_AUTH_KEY=k3yk3yk3y\n", "k3yk3yk3y", "password-assignment"),
+        ("PrivateKey=k3yk3yk3y\n", "k3yk3yk3y", "password-assignment"),
+        (
+            "Access-Key: k3yk3yk3y\n",
+            "k3yk3yk3y",
+            "password-assignment",
+        ),
+        (
+            "PassPhrase=correct-horse\n",
+            "correct-horse",
+            "password-assignment",
+        ),
+        (
+            "AUTHORIZATION: BEARER abcdefghijklmnop\n",
+            "abcdefghijklmnop",
+            "password-assignment",
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws-secret-access-key",
+        ),
+        (
+            "Aws-Secret-Access-Key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws-secret-access-key",
+        ),
+        (
+            "POSTGRES://app:s3cr3tpw@db/x\n",
+            "s3cr3tpw",
+            "connection-string-password",
+        ),
+        (
+            "MongoDB+SRV://root:Pa55w0rd!@c0/\n",
+            "Pa55w0rd!",
+            "connection-string-password",
+        ),
+        (
+            "Redis://default:r3dispw@cache:6379\n",
+            "r3dispw",
+            "connection-string-password",
+        ),
+    ];
+    let m = masker();
+    for (text, secret, det) in cases {
+        let out = m.mask(text.as_bytes());
+        let shown = String::from_utf8_lossy(&out.bytes);
+        assert!(!shown.contains(secret), "{text:?} -> {shown:?}");
+        assert!(
+            out.hits.iter().any(|h| &*h.detector == det),
+            "{text:?}: {:?}",
+            out.hits
+        );
+        assert_eq!(out, reference_mask(&m, text.as_bytes()), "{text:?}");
+    }
+}
+
+#[test]
+fn near_keywords_cost_a_comparison_and_mask_nothing() {
+    // Anchors without their keyword (`key` in `publickey`, `pas` in
+    // `past`, `://` in a URL without credentials) must not trigger masks.
+    let m = masker();
+    for text in [
+        "Accepted publickey for alice from 10.0.0.5 port 52144 ssh2\n",
+        "in the past, tokens were kept; secrets are not printed\n",
+        "GET https://registry.example.com/v2/ 200\n",
+        "ACCEPT ASIDE ABIDE AIzb eyj ghx_ glpa xo-x sk_other\n",
+    ] {
+        let out = m.mask(text.as_bytes());
+        assert_eq!(out.bytes, text.as_bytes(), "{text:?}");
+        assert!(out.hits.is_empty(), "{text:?}");
+    }
+}
+
+#[test]
+fn wrong_case_for_case_sensitive_detectors_is_not_a_secret() {
+    // These detectors' regexes are case-sensitive, so their keywords are
+    // too (fewer anchors, fewer false triggers); the reference agrees.
+    let m = masker();
+    for text in [
+        "akiaiosfodnn7example\n",
+        "GHP_a1B2a1B2a1B2a1B2a1B2a1B2a1B2a1B2a1B2\n",
+        "EYJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJrdWJlcm5ldGVzIn0.c2ln\n",
+        "-----begin rsa private key-----\n",
+    ] {
+        assert_eq!(m.mask(text.as_bytes()), reference_mask(&m, text.as_bytes()));
+    }
+}
+
+#[test]
+fn a_secret_split_at_every_offset_is_masked() {
+    let m = masker();
+    for (det, text, secret) in samples() {
+        let whole = m.mask(text.as_bytes());
+        assert_eq!(whole, reference_mask(&m, text.as_bytes()), "{det}");
+        for at in 0..=text.len() {
+            let out = stream_in_two(&m, text.as_bytes(), at);
+            assert_eq!(out, whole, "{det} split at {at}");
+            assert!(
+                !String::from_utf8_lossy(&out.bytes).contains(&secret),
+                "{det} split at {at}"
+            );
+        }
+    }
+}
+
+#[test]
+fn windows_reach_the_longest_matches() {
+    // Matches as long as a detector allows: the window around the keyword
+    // must hold them whole, or the tail would leak.
+    let m = masker();
+    let jwt = format!(
+        "x eyJ{}.eyJ{}.{} y\n",
+        "a".repeat(4096),
+        "b".repeat(8192),
+        "c".repeat(2048)
+    );
+    let pw = format!("password=\"{}\" z\n", "p".repeat(256));
+    let bearer = format!("Authorization: Bearer {} z\n", "t".repeat(512));
+    let conn = format!("mongodb+srv://{}:{}@h/\n", "u".repeat(128), "w".repeat(256));
+    let aws = "aws-secret-access-key\t=\t\"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\"\n";
+    for text in [jwt, pw, bearer, conn, aws.to_string()] {
+        let out = m.mask(text.as_bytes());
+        assert_eq!(out.hits.len(), 1, "{:?}", &text[..40]);
+        assert_eq!(out, reference_mask(&m, text.as_bytes()));
+        for at in [1, 7, text.len() / 2, text.len() - 3] {
+            assert_eq!(stream_in_two(&m, text.as_bytes(), at), out);
+        }
+    }
+}
+
+#[test]
+fn too_many_anchors_fall_back_to_the_dfa_and_still_mask() {
+    // Ten custom literals with eight case variants each exceed what Teddy
+    // takes: the DFA scanner must give the same result.
+    let custom: Vec<CustomRule> = (0..10)
+        .map(|i| CustomRule {
+            name: format!("acme{i}"),
+            regex: format!("(?i)acm{i}x-[0-9]{{6}}"),
+        })
+        .collect();
+    let m = Masker::new(&MaskConfig {
+        detectors: vec![],
+        custom,
+    })
+    .unwrap();
+    assert!(matches!(m.inner.scanner, Some(Scanner::Dfa(_))));
+    let text = format!("a ACM3X-123456 b acm9x-654321 {GH} DB_PASSWORD=hunter2xyz\n");
+    let out = m.mask(text.as_bytes());
+    assert_eq!(
+        String::from_utf8_lossy(&out.bytes),
+        "a [MASKED:acme3] b [MASKED:acme9] [MASKED:github-token] DB_PASSWORD=[MASKED:password-assignment]\n"
+    );
+    assert_eq!(out, reference_mask(&m, text.as_bytes()));
+    for at in 0..=text.len() {
+        assert_eq!(stream_in_two(&m, text.as_bytes(), at), out, "split at {at}");
+    }
+}
+
+/// A sample with its letters' case flipped where `flips` says so.
+fn flip_case(text: &str, flips: &[bool]) -> String {
+    text.chars()
+        .zip(flips.iter().cycle())
+        .map(|(c, &f)| {
+            if f && c.is_ascii_alphabetic() {
+                (c as u8 ^ 0x20) as char
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn anchors_and_windows_equal_the_plain_algorithm(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                noise_strategy(),
+                secret_strategy().prop_map(|s| format!(" {s} ").into_bytes()),
+                (secret_strategy(), proptest::collection::vec(any::<bool>(), 1..9))
+                    .prop_map(|(s, f)| flip_case(&s, &f).into_bytes()),
+                (secret_strategy(), 0usize..80, 1usize..80).prop_map(|(s, from, n)| {
+                    // A piece of a secret: half a keyword, a cut value.
+                    let b = s.as_bytes();
+                    let x = from.min(b.len());
+                    b[x..(x + n).min(b.len())].to_vec()
+                }),
+            ],
+            0..14,
+        ),
+        at in 0usize..2000,
+    ) {
+        let text: Vec<u8> = parts.concat();
+        let m = masker();
+        let whole = m.mask(&text);
+        prop_assert_eq!(&whole, &reference_mask(&m, &text));
+        let at = at.min(text.len());
+        prop_assert_eq!(&stream_in_two(&m, &text, at), &whole);
+    }
+}
+
+#[test]
+fn relaxed_repetitions() {
+    assert_eq!(
+        relax_repetitions(r"a{1,256}b{0,4}c{2,64}?d{8,512}[{}]", 64),
+        Some((r"a{1,}b{0,4}c{2,64}?d{8,}[{}]".to_string(), 256))
+    );
+    assert_eq!(relax_repetitions(r"x{0,4}[(){}]", 64), None);
+    // Every built-in with capture groups gets a capture regex that
+    // compiles, and masks exactly as the original (the samples and the
+    // proptest against `reference_mask` check the groups).
+    let m = masker();
+    for d in &m.inner.detectors {
+        if d.groups && d.anchored.is_some() && d.regex.as_str().contains(",256}") {
+            assert!(d.capture.is_some(), "{}", d.name);
+            assert!(d.relaxed_max >= RELAX_FROM, "{}", d.name);
+        }
+    }
+}
+
+#[test]
+fn values_at_the_relaxed_bound_mask_as_the_plain_algorithm() {
+    // Around the smallest relaxed bound the capture regex is trusted or
+    // not: both sides must give the original groups.
+    let m = masker();
+    for n in [200, 240, 243, 244, 245, 246, 250, 255, 256, 257, 300] {
+        for text in [
+            format!("password={} tail\n", "v".repeat(n)),
+            format!("token: \"{}\" tail\n", "w".repeat(n.min(256))),
+            format!(
+                "postgres://{}:{}@db/x\n",
+                "u".repeat(n.min(128)),
+                "p".repeat(n.min(256))
+            ),
+        ] {
+            assert_eq!(
+                m.mask(text.as_bytes()),
+                reference_mask(&m, text.as_bytes()),
+                "{n}"
+            );
+        }
+    }
+}
