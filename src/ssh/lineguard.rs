@@ -68,6 +68,8 @@ const PASTE_END: &[u8] = b"\x1b[201~";
 pub struct LineShared {
     tracker: Mutex<LineTracker>,
     fed: watch::Sender<u64>,
+    /// The shell's pid: tells whether the shell itself holds the terminal.
+    shell_pid: Option<u32>,
 }
 
 impl std::fmt::Debug for LineShared {
@@ -77,11 +79,37 @@ impl std::fmt::Debug for LineShared {
 }
 
 impl LineShared {
-    pub fn new(rows: u16, cols: u16) -> Arc<Self> {
+    pub fn new(rows: u16, cols: u16, shell_pid: Option<u32>) -> Arc<Self> {
         Arc::new(Self {
             tracker: Mutex::new(LineTracker::new(rows, cols)),
             fed: watch::channel(0).0,
+            shell_pid,
         })
+    }
+
+    /// Whether the shell itself is the terminal's foreground process group
+    /// (so typed keys are a command line for its next prompt, not input to
+    /// a running program): a builtin is running, or a command just ended
+    /// and the prompt is not drawn yet. Interactive bash runs each job in
+    /// its own process group, so a running program holds the terminal
+    /// instead. Read from /proc/PID/stat (pgrp, tpgid); `false` when that
+    /// cannot be read.
+    fn shell_in_front(&self) -> bool {
+        let Some(pid) = self.shell_pid else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // After "pid (comm)": state ppid pgrp session tty_nr tpgid ...
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        match (f.get(2), f.get(5)) {
+            (Some(pgrp), Some(tpgid)) => pgrp == tpgid,
+            _ => false,
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut LineTracker) -> R) -> R {
@@ -541,10 +569,12 @@ impl Run<'_, '_> {
         let (marks, mut at_prompt, typed_unsure) = g
             .line
             .with(|t| (t.has_marks(), t.at_prompt(), t.typed_unsure()));
-        if marks && !at_prompt && (typed_unsure || grant.strict) {
+        if marks && !at_prompt && (typed_unsure || grant.strict || g.line.shell_in_front()) {
             // Keys typed ahead while the last command was finishing: the
             // shell reads them at its next prompt. Give it a moment to
-            // show it, then read the line from the screen as usual.
+            // show it, then read the line from the screen as usual. (When
+            // the shell holds the terminal the keys are certainly its next
+            // command line, so this also keeps them in the audit log.)
             at_prompt = self.wait_screen(PROMPT_WAIT, |t| t.at_prompt()).await;
         }
         let synced = self.settle().await;

@@ -813,10 +813,15 @@ impl Launch {
         let recorder = Arc::new(Mutex::new(Some(recorder)));
         let failed = CancellationToken::new();
         let bytes_in = Arc::new(AtomicU64::new(0));
+        let shell_pid = match &child {
+            Child::Pty((master, _)) => master.pid(),
+            Child::Pipes(_) => None,
+        };
         let line = guarded.then(|| {
             LineShared::new(
                 rows.clamp(1, u16::MAX as u32) as u16,
                 cols.clamp(1, u16::MAX as u32) as u16,
+                shell_pid,
             )
         });
         let guard = line.as_ref().map(|l| LineGuard {

@@ -9,12 +9,13 @@ pub mod kubeapi_http;
 pub mod policies;
 pub mod targets;
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Path of the sallyport binary under test.
@@ -30,13 +31,20 @@ pub fn idp_bin() -> PathBuf {
 /// A free TCP port on 127.0.0.1 (bound then released; races are retried by
 /// the callers that wait for the port).
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let _ = NEXT.fetch_add(1, Ordering::Relaxed);
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The kernel may hand the same free port to two binds in a row once the
+    // first socket is closed (seen: a server's API and SSH ports equal), so
+    // never give out a port twice in this process.
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Wait until something listens on `port` (or panic after `timeout`).
