@@ -14,6 +14,8 @@
 #   BENCH_USER  an existing account to log in as (default: a throwaway
 #               system user with /bin/sh, removed on exit; needs root)
 #   KEEP=1      keep the temp dir (logs, configs) after the run
+#   SP_SSH      extra lines for sallyport's [ssh] section (e.g. tuning:
+#               "window_size = 8388608")
 
 set -euo pipefail
 shopt -s inherit_errexit
@@ -83,6 +85,7 @@ listen = "127.0.0.1:$SP_PORT"
 per_source_per_minute = 100000
 run_as = "$BUSER"
 shell = "/bin/sh"
+${SP_SSH:-}
 [api]
 listen = "off"
 [policy]

@@ -19,6 +19,7 @@
 //! - [`shell`]: pty and plain child processes for shell/exec channels.
 //! - [`record`]: asciicast v2 recorder.
 //! - [`mask`]: secret detectors and the streaming masker.
+//! - [`malloc`]: allocator tuning for the data path (measured).
 //! - [`guard`]: command parsing, interactive line tracking, approvals.
 //! - [`tunnel`]: target resolution and relays (TCP, Kubernetes port-forward, kube API proxy).
 //! - [`api`]: the HTTP API (certificates, CA keys, approvals, health).
@@ -30,6 +31,7 @@ pub mod commands;
 pub mod config;
 pub mod guard;
 pub mod identity;
+pub mod malloc;
 pub mod mask;
 pub mod policy;
 pub mod record;

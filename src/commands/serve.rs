@@ -19,6 +19,7 @@ use crate::ssh::Shared;
 pub struct Args {}
 
 pub async fn run(g: &Global, _args: Args) -> anyhow::Result<ExitCode> {
+    crate::malloc::tune();
     let cfg = g.load_config()?;
     let keys = open_ca(&cfg)?;
     let store = open_store(&cfg)?;
