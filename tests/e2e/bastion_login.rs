@@ -180,11 +180,19 @@ fn agent_token_file_login_kubeconfig_ssh_and_revoke_by_key_id() {
     let s = server(&idp, work.path());
     let out = work.path().join("agent");
     // A projected service-account token of the test cluster, acting for
-    // alice (RFC 8693 `act`): the agents' role accepts delegation.
+    // alice (RFC 8693 `act`): the agents' role accepts delegation. It lives
+    // an hour, so the 10-minute agent cap (not the token's own expiry,
+    // which also caps a certificate) sets the TTL checked below.
     let tf = work.path().join("sa-token");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
     std::fs::write(
         &tf,
         idp.mint(json!({"kubernetes": true, "claims": {
+            "exp": exp,
             "sub": "system:serviceaccount:dev:copilot",
             "kubernetes.io": {"namespace": "dev", "serviceaccount": {"name": "copilot", "uid": "1"},
                               "pod": {"name": "copilot-7d9", "uid": "2"}},
