@@ -569,13 +569,17 @@ impl Run<'_, '_> {
         let (marks, mut at_prompt, typed_unsure) = g
             .line
             .with(|t| (t.has_marks(), t.at_prompt(), t.typed_unsure()));
-        if marks && !at_prompt && (typed_unsure || grant.strict || g.line.shell_in_front()) {
+        let shell_in_front = marks && !at_prompt && g.line.shell_in_front();
+        if marks && !at_prompt && (typed_unsure || grant.strict || shell_in_front) {
             // Keys typed ahead while the last command was finishing: the
             // shell reads them at its next prompt. Give it a moment to
             // show it, then read the line from the screen as usual. (When
             // the shell holds the terminal the keys are certainly its next
             // command line, so this also keeps them in the audit log.)
-            at_prompt = self.wait_screen(PROMPT_WAIT, |t| t.at_prompt()).await;
+            // The shell holding the terminal will draw its prompt; wait as
+            // long as for a sync (a loaded machine can take over a second).
+            let limit = if shell_in_front { SYNC_WAIT } else { PROMPT_WAIT };
+            at_prompt = self.wait_screen(limit, |t| t.at_prompt()).await;
         }
         let synced = self.settle().await;
         let mut sub: Submitted = self.g.line.with(|t| t.line());
