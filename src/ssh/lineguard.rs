@@ -578,7 +578,11 @@ impl Run<'_, '_> {
             // command line, so this also keeps them in the audit log.)
             // The shell holding the terminal will draw its prompt; wait as
             // long as for a sync (a loaded machine can take over a second).
-            let limit = if shell_in_front { SYNC_WAIT } else { PROMPT_WAIT };
+            let limit = if shell_in_front {
+                SYNC_WAIT
+            } else {
+                PROMPT_WAIT
+            };
             at_prompt = self.wait_screen(limit, |t| t.at_prompt()).await;
         }
         let synced = self.settle().await;

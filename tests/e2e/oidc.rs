@@ -813,7 +813,14 @@ fn kubernetes_service_account_token_and_delegation() {
         }
         idp.mint(json!({"kubernetes": true, "claims": claims}))
     };
-    let (s, v) = api.request(&sa(json!({})), json!({"public_key": key}));
+    // An hour-long token, so the agents' 10-minute cap (not the token's own
+    // expiry, which also caps a certificate) sets the TTL checked below.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let (s, v) = api.request(&sa(json!({ "exp": exp })), json!({"public_key": key}));
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["key_id"],
