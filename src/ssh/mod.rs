@@ -35,6 +35,7 @@ use crate::shell::Account;
 
 pub mod accept;
 pub mod handler;
+pub mod limits;
 pub mod lineguard;
 pub mod masking;
 pub mod reload;
@@ -93,6 +94,8 @@ pub struct Shared {
     /// `Config` is immutable once handed to a connection, so each accepted
     /// connection takes the one current at that moment.
     live: RwLock<Arc<russh::server::Config>>,
+    /// Open shell/exec sessions per identity (policy `max_sessions`).
+    pub sessions: limits::SessionCount,
 }
 
 impl Shared {
@@ -126,6 +129,7 @@ impl Shared {
             keys.host_cert.clone(),
         )));
         Ok(Self {
+            sessions: limits::SessionCount::default(),
             config,
             keys,
             store,

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::handler::Authed;
+use super::limits::SessionSlot;
 use super::lineguard::{Intake, LineGuard, LineShared};
 use super::masking::{OutputMask, Passed, SessionMask};
 use super::reload::{self, Held};
@@ -344,6 +345,36 @@ pub fn start(
             grant.reason
         )));
     }
+    // Concurrent sessions per identity (grant.max_sessions): the slot lives
+    // in the launch, then the running task, and is given back on drop.
+    let slot_key = format!("{}:{}", identity.issuer, identity.subject);
+    let slot = match shared.sessions.try_acquire(&slot_key, grant.max_sessions) {
+        Ok(s) => s,
+        Err(open) => {
+            let max = grant.max_sessions.unwrap_or(0);
+            let why = format!(
+                "{open} sessions open, max_sessions = {max} ({})",
+                grant.reason
+            );
+            tracing::info!(subject, "session refused: {why}");
+            event(
+                shared,
+                Event {
+                    connection_id: Some(&req.conn_id),
+                    kind: "session-limit",
+                    subject: Some(subject),
+                    detail: command.as_deref().map_or("shell", |_| "exec"),
+                    decision: Some("deny"),
+                    reason: Some(&why),
+                    ..Default::default()
+                },
+            );
+            return Err(Refused::Denied(format!(
+                "sallyport: too many open sessions for {}: {why}\r\n",
+                identity.display()
+            )));
+        }
+    };
     // The session's masker (built above; a grant whose masking cannot be
     // compiled never gets here) also masks the command text we keep.
     let decision = command.as_deref().map(|c| {
@@ -443,6 +474,7 @@ pub fn start(
         running,
         mask: mask.clone(),
         held,
+        slot,
     };
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let queued = Arc::new(Queued::default());
@@ -525,6 +557,8 @@ struct Launch {
     mask: SessionMask,
     /// What policy granted, re-checked on reload.
     held: Held,
+    /// This session's place under `max_sessions`.
+    slot: SessionSlot,
 }
 
 impl Launch {
@@ -870,6 +904,7 @@ impl Launch {
                 ..self.held
             },
             mask: self.mask,
+            _slot: self.slot,
         };
         tokio::spawn(tracing::Instrument::instrument(
             task.run(child, input, in_rx, queued, ctl_rx),
@@ -985,6 +1020,8 @@ struct Task {
     held: Held,
     /// The session's masking in force (replaced when a reload changes it).
     mask: SessionMask,
+    /// This session's place under `max_sessions` (given back on drop).
+    _slot: SessionSlot,
 }
 
 enum Out {

@@ -477,3 +477,43 @@ fn an_exec_approved_after_a_reload_that_denies_it_never_runs() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn max_sessions_caps_open_sessions_per_identity_and_frees_the_slot_on_close() {
+    let s = start(
+        &policy().replace("pty = true", "pty = true\nmax_sessions = 1"),
+        "",
+    );
+    let u = s.user("alice", &[]);
+    // One session held open.
+    let mut held = Proc::spawn("held", s.ssh(&u, &["sleep 300"]), s.dir.path());
+    wait_for(WAIT, || {
+        session_rows(&s)
+            .into_iter()
+            .find(|r| r["kind"] == "exec" && !r["ended_at"].is_string())
+    })
+    .unwrap_or_else(|| panic!("the held session never started\n{}", s.log()));
+    // The second is refused, says why, and is audited; nothing runs.
+    let side = s.dir.path().join("second-ran");
+    let r = s.run_ssh(&u, &[&format!("touch {}", side.display())], None);
+    assert_ne!(r.code(), Some(0), "{}", r.explain());
+    assert!(
+        r.stderr().contains("too many open sessions") && r.stderr().contains("max_sessions = 1"),
+        "{}",
+        r.explain()
+    );
+    assert!(!side.exists(), "the refused session ran");
+    let ev = events(&s, "session-limit");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0][2], "deny");
+    assert!(ev[0][3].contains("p.toml:2 role 'ops'"), "{ev:?}");
+    // Closing the held session gives the slot back.
+    held.kill();
+    ended_session(&s, "exec");
+    let r = wait_for(WAIT, || {
+        let r = s.run_ssh(&u, &[&format!("touch {}", side.display())], None);
+        (r.code() == Some(0)).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the slot was never given back\n{}", s.log()));
+    assert!(side.exists(), "{}", r.explain());
+}
