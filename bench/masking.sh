@@ -13,45 +13,17 @@
 #
 # The build honours CARGO_TARGET_DIR. Figures are wall-clock: the load
 # average is printed with them, since a busy machine lowers every column.
-set -euo pipefail
-shopt -s inherit_errexit
+source "$(dirname "$0")/lib.sh"
 
 MB=${MB:-200}
 RUNS=${RUNS:-1}
 CIPHER=${CIPHER:-aes128-gcm@openssh.com}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-if [[ -z "${SALLYPORT:-}" ]]; then
-    (cd "$ROOT" && cargo build --release --bin sallyport >&2)
-    SALLYPORT="${CARGO_TARGET_DIR:-$ROOT/target}/release/sallyport"
-fi
-
-T=$(mktemp -d)
-chmod 755 "$T"
-PIDS=()
-CREATED_USER=
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    if [[ -n "$CREATED_USER" ]]; then userdel "$CREATED_USER" 2>/dev/null || true; fi
-    rm -rf "$T"
-}
-trap cleanup EXIT
-[[ -n "${KEEP:-}" ]] && trap - EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
-
-if [[ -n "${BENCH_USER:-}" ]]; then
-    USER_NAME=$BENCH_USER
-else
-    USER_NAME="spmask$$"
-    mkdir -m 755 "$T/home"
-    useradd --system --shell /bin/sh --home-dir "$T/home" --no-create-home -p '*' "$USER_NAME"
-    CREATED_USER=$USER_NAME
-fi
+bench_init
+bench_user spmask
 
 # Secret-dense input: every line has a secret (the worst case for masking).
-python3 - "$T/dense.txt" <<'PY'
+python3 - "$W/dense.txt" <<'PY'
 import sys
 lines = [
     "export AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n",
@@ -63,99 +35,52 @@ with open(sys.argv[1], "w") as f:
     for i in range(20000):
         f.write(lines[i % len(lines)])
 PY
-chmod 644 "$T/dense.txt"
+chmod 644 "$W/dense.txt"
 
-start_sallyport() { # name policy-mask-section; sets PORT (no $(...): the
-    # server would keep the substitution's pipe open)
-    local name=$1 mask=$2 port
-    port=$(free_port)
-    mkdir -p "$T/$name/policies"
-    cat > "$T/$name/policies/bench.toml" <<TOML
+policy() { # mask-section -> the bench role's policy
+    cat <<TOML
 [[role]]
 name = "bench"
 [role.match]
 issuer = ["local"]
 [role.grant]
-principals = ["{subject}"]
+principals = ["{subject}", "$BUSER"]
 shell = true
 exec = true
 [role.mask]
-$mask
+$1
 [role.exec]
 allow = ["*"]
 TOML
-    cat > "$T/$name/sallyport.toml" <<TOML
-data_dir = "$T/$name/data"
-[ssh]
-listen = "127.0.0.1:$port"
-per_source_per_minute = 100000
-run_as = "$USER_NAME"
-shell = "/bin/sh"
-[api]
-listen = "off"
-[policy]
-dir = "$T/$name/policies"
-TOML
-    "$SALLYPORT" --config "$T/$name/sallyport.toml" --log warn serve > /dev/null 2> "$T/$name.log" &
-    PIDS+=($!)
-    wait_port "$port"
-    PORT=$port
 }
 
-start_sallyport on 'live = true
-detectors = ["all"]'
-ON_PORT=$PORT
+sp_start on "$(policy 'live = true
+detectors = ["all"]')"
+ON_PORT=$SP_PORT
+ON_CONF=$SP_CONF
+sp_cert
+cp "$W/id-cert.pub" "$W/id-on-cert.pub"
 # Masking "off" as far as policy allows: one detector whose keywords
 # (sk_live_, rk_live_, ...) never occur in this output.
-start_sallyport off 'live = true
-detectors = ["stripe"]'
-OFF_PORT=$PORT
-
-ssh-keygen -q -t ed25519 -N "" -f "$T/id" -C bench
-# Both servers need the same CA to trust one key: sign with each.
-"$SALLYPORT" --config "$T/on/sallyport.toml" ca sign --public-key "$T/id.pub" \
-    --principal "$USER_NAME" --identity bench --ttl 2h > /dev/null
-cp "$T/id-cert.pub" "$T/id-on-cert.pub"
-"$SALLYPORT" --config "$T/off/sallyport.toml" ca sign --public-key "$T/id.pub" \
-    --principal "$USER_NAME" --identity bench --ttl 2h > /dev/null
-cp "$T/id-cert.pub" "$T/id-off-cert.pub"
-for n in on off; do
-    "$SALLYPORT" --config "$T/$n/sallyport.toml" ca show --json \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["known_hosts"])' >> "$T/known_hosts"
-done
-"$SALLYPORT" --config "$T/on/sallyport.toml" ca show --json \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["user_ca"])' > "$T/user_ca.pub"
-
-SSHD_PORT=$(free_port)
-mkdir -p /run/sshd
-cat > "$T/sshd_config" <<CFG
-Port $SSHD_PORT
-ListenAddress 127.0.0.1
-HostKey $T/on/data/keys/ssh_host_ed25519_key
-HostCertificate $T/on/data/keys/ssh_host_ed25519_key-cert.pub
-TrustedUserCAKeys $T/user_ca.pub
-AuthorizedKeysFile none
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PermitRootLogin yes
-PidFile $T/sshd.pid
-LogLevel ERROR
-CFG
-/usr/sbin/sshd -f "$T/sshd_config" -D -e 2> "$T/sshd.log" &
-PIDS+=($!)
-wait_port "$SSHD_PORT"
+sp_start off "$(policy 'live = true
+detectors = ["stripe"]')"
+OFF_PORT=$SP_PORT
+# The same key, signed by the second server's own CA.
+"$SALLYPORT" --config "$SP_CONF" ca sign --public-key "$W/id.pub" \
+    --principal "$BUSER" --identity bench --ttl 2h > /dev/null
+cp "$W/id-cert.pub" "$W/id-off-cert.pub"
+"$SALLYPORT" --config "$SP_CONF" ca show --json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["known_hosts"])' >> "$W/known_hosts"
+sshd_start
 
 ssh_to() { # port cert command...
     local port=$1 cert=$2
     shift 2
-    ssh -F /dev/null -o UserKnownHostsFile="$T/known_hosts" -o StrictHostKeyChecking=yes \
-        -o BatchMode=yes -o IdentitiesOnly=yes -i "$T/id" -o CertificateFile="$cert" \
-        -o LogLevel=ERROR -l "$USER_NAME" -c "$CIPHER" -p "$port" 127.0.0.1 "$@"
+    ssh -F /dev/null -o UserKnownHostsFile="$W/known_hosts" -o StrictHostKeyChecking=yes \
+        -o BatchMode=yes -o IdentitiesOnly=yes -i "$W/id" -o CertificateFile="$cert" \
+        -o LogLevel=ERROR -l "$BUSER" -c "$CIPHER" -p "$port" 127.0.0.1 "$@"
 }
 
-now() { date +%s.%N; }
 
 rate() { # port cert remote-command MB-of-output -> MB/s (wall clock of the whole ssh)
     local port=$1 cert=$2 cmd=$3 mb=$4 t0 t1
@@ -177,16 +102,16 @@ best_rate() { # like rate, the best of RUNS
 # base64 of N MB is 4/3 N MB of output (plus newlines).
 B64="head -c $((MB * 1024 * 1024)) /dev/zero | base64"
 B64_MB=$(python3 -c "print(round($MB * 4 / 3 * 77 / 76, 1))")
-DENSE="for i in \$(seq 20); do cat $T/dense.txt; done"
-DENSE_MB=$(python3 -c "import os; print(round(20 * os.path.getsize('$T/dense.txt') / 1048576, 1))")
+DENSE="for i in \$(seq 20); do cat $W/dense.txt; done"
+DENSE_MB=$(python3 -c "import os; print(round(20 * os.path.getsize('$W/dense.txt') / 1048576, 1))")
 
 printf '%-40s %10s %10s %10s %8s %8s\n' "output, MB/s" "all det." "1 det." "sshd" "all/1" "all/sshd"
 for what in b64 dense; do
     if [[ $what == b64 ]]; then cmd=$B64; mb=$B64_MB; label="base64 of $MB MB zeros ($mb MB)"; else cmd=$DENSE; mb=$DENSE_MB; label="secret-dense text ($mb MB)"; fi
-    rate "$ON_PORT" "$T/id-on-cert.pub" "$cmd" "$mb" > /dev/null # warm up
-    on=$(best_rate "$ON_PORT" "$T/id-on-cert.pub" "$cmd" "$mb")
-    off=$(best_rate "$OFF_PORT" "$T/id-off-cert.pub" "$cmd" "$mb")
-    sshd=$(best_rate "$SSHD_PORT" "$T/id-on-cert.pub" "$cmd" "$mb")
+    rate "$ON_PORT" "$W/id-on-cert.pub" "$cmd" "$mb" > /dev/null # warm up
+    on=$(best_rate "$ON_PORT" "$W/id-on-cert.pub" "$cmd" "$mb")
+    off=$(best_rate "$OFF_PORT" "$W/id-off-cert.pub" "$cmd" "$mb")
+    sshd=$(best_rate "$SSHD_PORT" "$W/id-on-cert.pub" "$cmd" "$mb")
     printf '%-40s %10s %10s %10s %8s %8s\n' "$label" "$on" "$off" "$sshd" \
         "$(python3 -c "print(f'{$on / $off:.2f}')")" "$(python3 -c "print(f'{$on / $sshd:.2f}')")"
 done
