@@ -606,13 +606,8 @@ pub async fn handle_direct_tcpip(
     // before any data we queue afterwards.
     reply.accept().await;
     tracing::info!(parent: &span, resolved = %connected.resolved, reason = %plan.decision.reason, "forward open");
-    let outcome = relay::relay_with(
-        channel.into_stream(),
-        connected.stream,
-        connected.ended,
-        connected.relay,
-    )
-    .await;
+    let outcome =
+        relay::relay_channel(channel, connected.stream, connected.ended, connected.relay).await;
     tracing::info!(
         parent: &span,
         up = outcome.bytes_up,

@@ -4,10 +4,23 @@
 //! shuts down the write side of the other and keeps the other direction
 //! running, RFC 4254 §5.3), byte counts each way and the reason it ended.
 //! An optional `ended` future (a Kubernetes pod gone) stops both directions.
+//!
+//! [`relay_channel`] is the same relay with the client side taken straight
+//! from a russh channel instead of its `AsyncRead`/`AsyncWrite` stream: the
+//! channel's `Bytes` go to the target without the stream's copy, the data
+//! messages already queued are written in one vectored write (as sshd drains
+//! its channel buffer), and target reads go to the channel as owned `Bytes`.
+//! perf on `ssh -L` showed the stream's copy alone at 8% of the bastion's CPU.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes read per chunk. Measured with `cargo bench --bench relay`
@@ -68,7 +81,11 @@ pub struct Options {
 
 /// Copy `from` into `to` until EOF; hands `to` back so the caller decides
 /// when to shut it down (half-close).
-async fn pump<R, W>(mut from: R, mut to: W, count: &AtomicU64) -> Result<W, (Side, String)>
+async fn pump<R, W>(
+    mut from: R,
+    mut to: StreamEnd<W>,
+    count: &AtomicU64,
+) -> Result<StreamEnd<W>, (Side, String)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -85,7 +102,7 @@ where
         if n == 0 {
             return Ok(to);
         }
-        to.write_all(chunk)
+        to.0.write_all(chunk)
             .await
             .map_err(|e| (Side::Writer, e.to_string()))?;
         count.fetch_add(n as u64, Ordering::Relaxed);
@@ -121,75 +138,270 @@ where
     let (tr, tw) = tokio::io::split(target);
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
-    let reason = {
-        let upward = pump(cr, tw, &up);
-        let downward = pump(tr, cw, &down);
-        let gone = async {
-            match ended {
-                Some(f) => f.await,
-                None => futures::future::pending().await,
-            }
-        };
-        tokio::pin!(upward, downward, gone);
-        let mut up_done = false;
-        let mut down_done = false;
-        // Target write half waiting to be shut after the client's EOF.
-        let mut lingering = None;
-        let mut last_down = 0u64;
-        loop {
-            let linger_for = opts.eof_linger.filter(|_| lingering.is_some());
-            let linger = async move {
-                match linger_for {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => futures::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = &mut upward, if !up_done => match r {
-                    Ok(mut tw) => {
-                        up_done = true;
-                        if opts.eof_linger.is_some() {
-                            last_down = down.load(Ordering::Relaxed);
-                            lingering = Some(tw);
-                        } else if let Err(e) = tw.shutdown().await {
-                            break EndReason::Target(e.to_string());
-                        }
-                    }
-                    Err((Side::Reader, e)) => break EndReason::Client(e),
-                    Err((Side::Writer, e)) => break EndReason::Target(e),
-                },
-                r = &mut downward, if !down_done => match r {
-                    Ok(mut cw) => {
-                        down_done = true;
-                        if let Err(e) = cw.shutdown().await {
-                            break EndReason::Client(e.to_string());
-                        }
-                    }
-                    Err((Side::Reader, e)) => break EndReason::Target(e),
-                    Err((Side::Writer, e)) => break EndReason::Client(e),
-                },
-                why = &mut gone => break EndReason::Gone(why),
-                () = linger => {
-                    let now = down.load(Ordering::Relaxed);
-                    if now == last_down {
-                        if let Some(mut tw) = lingering.take() {
-                            let _ = tw.shutdown().await;
-                        }
-                        // The target cannot tell us more: done.
-                        break EndReason::Completed;
-                    }
-                    last_down = now;
-                }
-            }
-            if up_done && down_done {
-                break EndReason::Completed;
-            }
-        }
-    };
+    let reason = drive(
+        pump(cr, StreamEnd(tw), &up),
+        pump(tr, StreamEnd(cw), &down),
+        ended,
+        opts,
+        &down,
+    )
+    .await;
     Outcome {
         bytes_up: up.load(Ordering::Relaxed),
         bytes_down: down.load(Ordering::Relaxed),
         reason,
+    }
+}
+
+/// [`relay_with`] with the client side a russh channel used directly (see
+/// the module note). The channel is closed when the relay ends.
+pub async fn relay_channel<T>(
+    channel: Channel<Msg>,
+    target: T,
+    ended: Option<impl Future<Output = String>>,
+    opts: Options,
+) -> Outcome
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rx, tx) = channel.split();
+    let (tr, tw) = tokio::io::split(target);
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let reason = drive(
+        pump_from_channel(&mut rx, StreamEnd(tw), &up),
+        pump_to_channel(tr, ChannelEnd(&tx), &down),
+        ended,
+        opts,
+        &down,
+    )
+    .await;
+    // What `ChannelStream` does on drop: the channel ends with the relay.
+    let _ = tx.close().await;
+    Outcome {
+        bytes_up: up.load(Ordering::Relaxed),
+        bytes_down: down.load(Ordering::Relaxed),
+        reason,
+    }
+}
+
+/// The write side of one direction, half-closed when its reader hits EOF.
+trait HalfClose {
+    fn half_close(&mut self) -> impl Future<Output = Result<(), String>>;
+}
+
+/// A byte stream's write half: shut down.
+struct StreamEnd<W>(W);
+
+impl<W: AsyncWrite + Unpin> HalfClose for StreamEnd<W> {
+    async fn half_close(&mut self) -> Result<(), String> {
+        self.0.shutdown().await.map_err(|e| e.to_string())
+    }
+}
+
+/// A channel's write half: SSH_MSG_CHANNEL_EOF.
+struct ChannelEnd<'a>(&'a ChannelWriteHalf<Msg>);
+
+impl HalfClose for ChannelEnd<'_> {
+    async fn half_close(&mut self) -> Result<(), String> {
+        self.0.eof().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Most bytes gathered from already-queued channel messages into one
+/// vectored write to the target.
+const BATCH_MAX: usize = 4 * BUF_SIZE;
+
+/// Most buffers in one vectored write (Linux takes up to 1024).
+const BATCH_SLICES: usize = 64;
+
+/// The next data from the channel, or `None` at EOF/close. Messages that
+/// are not data (window adjusts, requests the handler answers) are skipped.
+async fn next_data(rx: &mut ChannelReadHalf) -> Option<Bytes> {
+    loop {
+        match rx.wait().await? {
+            ChannelMsg::Data { data } => return Some(data),
+            ChannelMsg::Eof | ChannelMsg::Close => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Channel -> target: each wakeup takes every data message already queued
+/// (up to [`BATCH_MAX`]) and writes them with one vectored write.
+async fn pump_from_channel<W>(
+    rx: &mut ChannelReadHalf,
+    mut to: StreamEnd<W>,
+    count: &AtomicU64,
+) -> Result<StreamEnd<W>, (Side, String)>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut batch: VecDeque<Bytes> = VecDeque::with_capacity(BATCH_SLICES);
+    loop {
+        let Some(first) = next_data(rx).await else {
+            return Ok(to);
+        };
+        let mut size = first.len();
+        batch.push_back(first);
+        let mut eof = false;
+        // `recv` is cancel-safe: polling it once without waiting loses nothing.
+        while size < BATCH_MAX && batch.len() < BATCH_SLICES {
+            match rx.wait().now_or_never() {
+                Some(Some(ChannelMsg::Data { data })) => {
+                    size += data.len();
+                    batch.push_back(data);
+                }
+                Some(Some(ChannelMsg::Eof | ChannelMsg::Close) | None) => {
+                    eof = true;
+                    break;
+                }
+                Some(Some(_)) => {}
+                None => break,
+            }
+        }
+        write_batch(&mut to.0, &mut batch)
+            .await
+            .map_err(|e| (Side::Writer, e.to_string()))?;
+        count.fetch_add(size as u64, Ordering::Relaxed);
+        if eof {
+            return Ok(to);
+        }
+    }
+}
+
+/// Write every buffer of `batch` (vectored where the writer supports it),
+/// emptying it.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    batch: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !batch.is_empty() {
+        let n = {
+            let slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+            to.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = batch.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                batch.pop_front();
+            } else {
+                bytes::Buf::advance(front, left);
+                left = 0;
+            }
+        }
+        batch.retain(|b| !b.is_empty());
+    }
+    Ok(())
+}
+
+/// Target -> channel: reads land in a `BytesMut` (no zeroing) and go to the
+/// channel as owned `Bytes`, split into packets without another copy.
+async fn pump_to_channel<'a, R>(
+    mut from: R,
+    to: ChannelEnd<'a>,
+    count: &AtomicU64,
+) -> Result<ChannelEnd<'a>, (Side, String)>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        buf.reserve(BUF_SIZE);
+        let n = from
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| (Side::Reader, e.to_string()))?;
+        if n == 0 {
+            return Ok(to);
+        }
+        to.0.data_bytes(buf.split().freeze())
+            .await
+            .map_err(|e| (Side::Writer, e.to_string()))?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Run both directions until both finish, one fails, or `ended` resolves;
+/// `down` (target -> client bytes) drives the EOF linger.
+async fn drive<U, D>(
+    upward: impl Future<Output = Result<U, (Side, String)>>,
+    downward: impl Future<Output = Result<D, (Side, String)>>,
+    ended: Option<impl Future<Output = String>>,
+    opts: Options,
+    down: &AtomicU64,
+) -> EndReason
+where
+    U: HalfClose,
+    D: HalfClose,
+{
+    let gone = async {
+        match ended {
+            Some(f) => f.await,
+            None => futures::future::pending().await,
+        }
+    };
+    tokio::pin!(upward, downward, gone);
+    let mut up_done = false;
+    let mut down_done = false;
+    // Target write half waiting to be shut after the client's EOF.
+    let mut lingering = None;
+    let mut last_down = 0u64;
+    loop {
+        let linger_for = opts.eof_linger.filter(|_| lingering.is_some());
+        let linger = async move {
+            match linger_for {
+                Some(d) => tokio::time::sleep(d).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut upward, if !up_done => match r {
+                Ok(mut tw) => {
+                    up_done = true;
+                    if opts.eof_linger.is_some() {
+                        last_down = down.load(Ordering::Relaxed);
+                        lingering = Some(tw);
+                    } else if let Err(e) = tw.half_close().await {
+                        break EndReason::Target(e);
+                    }
+                }
+                Err((Side::Reader, e)) => break EndReason::Client(e),
+                Err((Side::Writer, e)) => break EndReason::Target(e),
+            },
+            r = &mut downward, if !down_done => match r {
+                Ok(mut cw) => {
+                    down_done = true;
+                    if let Err(e) = cw.half_close().await {
+                        break EndReason::Client(e);
+                    }
+                }
+                Err((Side::Reader, e)) => break EndReason::Target(e),
+                Err((Side::Writer, e)) => break EndReason::Client(e),
+            },
+            why = &mut gone => break EndReason::Gone(why),
+            () = linger => {
+                let now = down.load(Ordering::Relaxed);
+                if now == last_down {
+                    if let Some(mut tw) = lingering.take() {
+                        let _ = tw.half_close().await;
+                    }
+                    // The target cannot tell us more: done.
+                    break EndReason::Completed;
+                }
+                last_down = now;
+            }
+        }
+        if up_done && down_done {
+            break EndReason::Completed;
+        }
     }
 }
 

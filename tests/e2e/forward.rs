@@ -493,3 +493,41 @@ fn forward_cap_per_connection() {
     });
     assert!(ok.is_some(), "slot never freed\n{}", s.log());
 }
+
+#[test]
+fn bulk_data_both_ways_is_exact_and_half_close_is_relayed() {
+    // 8 MiB through `ssh -W` to an echo server: the bastion batches queued
+    // channel data into vectored writes and sends target reads back as
+    // owned buffers; every byte must arrive in order both ways. stdin's
+    // EOF reaches the target as a TCP half-close (the echo server only
+    // shuts its side after reading EOF), and the target's EOF reaches ssh,
+    // which then exits: both directions of RFC 4254 §5.3.
+    let echo = echo_server();
+    let s = start(&format!("[targets]\necho = \"{echo}\"\n"));
+    let u = forwarder(&s, "bulk");
+    let mut x: u32 = 0x9e37_79b9;
+    let data: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    let r = ssh_w(&s, &u, &format!("echo:{}", echo.port()), &data).success();
+    assert!(
+        r.output.stdout == data,
+        "echoed bytes differ ({} of {} back)",
+        r.output.stdout.len(),
+        data.len()
+    );
+    let row = wait_row(&s, "bulk forward closed", |r| {
+        r.target == format!("echo:{}", echo.port()) && r.ended_at.is_some()
+    });
+    assert_eq!(
+        (row.bytes_up, row.bytes_down),
+        (8 << 20, 8 << 20),
+        "{row:?}"
+    );
+    assert_eq!(row.end_reason.as_deref(), Some("completed"), "{row:?}");
+}
