@@ -1059,7 +1059,8 @@ impl Task {
                 } = io;
                 let tx = out_tx.clone();
                 std::thread::spawn(move || {
-                    let mut buf = vec![0u8; READ_CHUNK];
+                    // A pty hands out a few KiB per read at most.
+                    let mut buf = vec![0u8; 64 * 1024];
                     loop {
                         match reader.read(&mut buf) {
                             // EIO once the child and its descendants closed the pty.
