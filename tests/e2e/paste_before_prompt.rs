@@ -76,7 +76,8 @@ fn connect(s: &Server, gate: &Path) -> Tmux {
     tmux
 }
 
-/// Three side-effect files: allowed, allowed, denied, allowed.
+/// Four side-effect files, one per pasted line: allowed, allowed, denied,
+/// allowed.
 fn files(s: &Server) -> [PathBuf; 4] {
     let d = s.dir.path().join("scratch");
     std::fs::create_dir_all(&d).unwrap();
@@ -110,8 +111,10 @@ fn open_gate_and_check(s: &Server, tmux: &Tmux, gate: &Path, f: &[PathBuf; 4]) {
     std::fs::write(gate.join("go"), "").unwrap();
     // The shell starts and runs the lines typed ahead of it.
     tmux.line("echo ready-$((40+2))-after");
-    tmux.wait_for(T, |t| t.lines().any(|l| l.trim_end().ends_with("ready-42-after")))
-        .unwrap_or_else(|t| panic!("shell not usable:\n{t}\n{}", s.log()));
+    tmux.wait_for(T, |t| {
+        t.lines().any(|l| l.trim_end().ends_with("ready-42-after"))
+    })
+    .unwrap_or_else(|t| panic!("shell not usable:\n{t}\n{}", s.log()));
     assert!(
         f[0].exists() && f[1].exists(),
         "the allowed lines before the denied one did not run\n{}\n{}",
@@ -137,9 +140,18 @@ fn open_gate_and_check(s: &Server, tmux: &Tmux, gate: &Path, f: &[PathBuf; 4]) {
         ),
     );
     let want: Vec<Vec<String>> = vec![
-        vec!["command-allowed".into(), format!("touch {}", f[0].display())],
-        vec!["command-allowed".into(), format!("touch {}", f[1].display())],
-        vec!["command-blocked".into(), format!("touch {}", f[2].display())],
+        vec![
+            "command-allowed".into(),
+            format!("touch {}", f[0].display()),
+        ],
+        vec![
+            "command-allowed".into(),
+            format!("touch {}", f[1].display()),
+        ],
+        vec![
+            "command-blocked".into(),
+            format!("touch {}", f[2].display()),
+        ],
     ];
     assert_eq!(rows, want, "each pasted line is checked and audited alone");
     assert!(!f[2].exists() && !f[3].exists());
@@ -155,7 +167,12 @@ fn bracketed_paste_before_the_first_prompt_is_checked_line_by_line() {
     let mut bytes = b"\x1b[200~".to_vec();
     bytes.extend_from_slice(paste_text(&f, "\r").as_bytes());
     bytes.extend_from_slice(b"\x1b[201~");
-    let mut args = vec!["send-keys".to_string(), "-t".into(), "t".into(), "-H".into()];
+    let mut args = vec![
+        "send-keys".to_string(),
+        "-t".into(),
+        "t".into(),
+        "-H".into(),
+    ];
     args.extend(hex(&bytes));
     tmux.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     open_gate_and_check(&s, &tmux, &gate, &f);
