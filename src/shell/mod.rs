@@ -413,6 +413,21 @@ pub fn spawn_pipes(spec: &Spec) -> Result<tokio::process::Child, Error> {
     })
 }
 
+/// How much a child's output pipe holds before its writes block. Linux's
+/// default is 64 KiB; a larger pipe lets a child that prints in bulk run
+/// ahead while the session reads bigger chunks (fewer wake-ups on both
+/// sides; bench/masking.sh).
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// Grow the pipe `fd` to [`PIPE_SIZE`]. Best effort: the kernel may refuse
+/// (an unprivileged user past `pipe-user-pages-soft`), and the default
+/// pipe works, just with more wake-ups.
+pub fn widen_pipe(fd: impl std::os::fd::AsFd) {
+    if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        tracing::debug!(error = %e, "cannot grow the output pipe");
+    }
+}
+
 /// Exit of a tokio child.
 pub fn exit_of(st: std::process::ExitStatus) -> Exit {
     Exit::from_std(st)

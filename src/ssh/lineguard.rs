@@ -412,20 +412,38 @@ impl Run<'_, '_> {
         b.is_empty() || self.pty.send(Bytes::copy_from_slice(b)).is_ok()
     }
 
-    /// Typed keys: forward, and check each Enter.
+    /// Typed keys: forward, and check each Enter. The tracker is fed one
+    /// Enter at a time, so each line is checked before any key after its
+    /// Enter reaches the tracker or the shell: several lines in one chunk
+    /// (a paste the shell has not asked to bracket yet, e.g. before its
+    /// first prompt; keys typed ahead) are checked line by line, not as one
+    /// line with everything after the first Enter run unchecked. A refused
+    /// line drops the rest of its chunk, as a refused pasted line drops the
+    /// rest of the paste: what follows may depend on it.
     async fn keys(&mut self, k: &[u8]) -> bool {
-        let actions = self.g.line.with(|t| t.input(k));
-        for a in actions {
-            match a {
-                Action::Forward(b) => {
-                    if !self.write(&b) {
-                        return false;
+        let mut parts = k
+            .split_inclusive(|b| matches!(b, b'\r' | b'\n' | 0x0f))
+            .peekable();
+        while let Some(part) = parts.next() {
+            let actions = self.g.line.with(|t| t.input(part));
+            for a in actions {
+                match a {
+                    Action::Forward(b) => {
+                        if !self.write(&b) {
+                            return false;
+                        }
                     }
-                }
-                Action::Enter(b) => {
-                    if let Fate::Gone = self.enter(&b).await {
-                        return false;
-                    }
+                    Action::Enter(b) => match self.enter(&b).await {
+                        Fate::Gone => return false,
+                        Fate::Released => {}
+                        Fate::Refused => {
+                            if parts.peek().is_some() {
+                                self.notice("the input after the blocked line was dropped")
+                                    .await;
+                            }
+                            return true;
+                        }
+                    },
                 }
             }
         }

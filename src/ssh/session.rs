@@ -1038,6 +1038,11 @@ impl Task {
         mut ctl_rx: mpsc::UnboundedReceiver<Ctl>,
     ) {
         let (out_tx, mut out_rx) = mpsc::channel::<Out>(16);
+        // A pipe child's stdout and stderr are read right here, in the
+        // session task: no task in between, so no wake-up and hand-off per
+        // chunk (the pty's reads block, so they stay on a thread).
+        let mut pipe_out: Option<Pipe<tokio::process::ChildStdout>> = None;
+        let mut pipe_err: Option<Pipe<tokio::process::ChildStderr>> = None;
         let (exit_tx, mut exit_rx) = oneshot::channel::<Exit>();
         let mut pty_master: Option<PtyChild> = None;
         let pid: Option<u32>;
@@ -1054,7 +1059,8 @@ impl Task {
                 } = io;
                 let tx = out_tx.clone();
                 std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 32 * 1024];
+                    // A pty hands out a few KiB per read at most.
+                    let mut buf = vec![0u8; 64 * 1024];
                     loop {
                         match reader.read(&mut buf) {
                             // EIO once the child and its descendants closed the pty.
@@ -1085,14 +1091,8 @@ impl Task {
                 pid = c.id();
                 group = true;
                 let stdin = c.stdin.take();
-                if let Some(mut so) = c.stdout.take() {
-                    let tx = out_tx.clone();
-                    tokio::spawn(async move { pump(&mut so, tx, false).await });
-                }
-                if let Some(mut se) = c.stderr.take() {
-                    let tx = out_tx.clone();
-                    tokio::spawn(async move { pump(&mut se, tx, true).await });
-                }
+                pipe_out = c.stdout.take().map(Pipe::new);
+                pipe_err = c.stderr.take().map(Pipe::new);
                 tokio::spawn(async move {
                     let e = match c.wait().await {
                         Ok(st) => shell::exit_of(st),
@@ -1118,7 +1118,8 @@ impl Task {
         let mut last_output = tokio::time::Instant::now();
 
         let mut exit: Option<Exit> = None;
-        let mut out_open = true;
+        // The pty reader's channel; pipes are read in the loop below.
+        let mut rx_open = true;
         let mut end_reason: Option<String> = None;
         let mut killed = false;
         let mut ctl_open = true;
@@ -1126,6 +1127,7 @@ impl Task {
         let failed = self.failed.clone();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         loop {
+            let out_open = rx_open || pipe_out.is_some() || pipe_err.is_some();
             if exit.is_some() && !out_open {
                 break;
             }
@@ -1141,7 +1143,7 @@ impl Task {
                 activity.activity.last_input(),
             );
             tokio::select! {
-                m = out_rx.recv(), if out_open => match m {
+                m = out_rx.recv(), if rx_open => match m {
                     Some(Out::Data(b, stderr)) => {
                         last_output = tokio::time::Instant::now();
                         if !self.send_output(b, stderr).await && end_reason.is_none() {
@@ -1150,8 +1152,40 @@ impl Task {
                         }
                     }
                     None => {
-                        out_open = false;
-                        self.flush_output().await;
+                        rx_open = false;
+                        if pipe_out.is_none() && pipe_err.is_none() {
+                            self.flush_output().await;
+                        }
+                    }
+                },
+                r = read_pipe(&mut pipe_out) => match r {
+                    Some(b) => {
+                        last_output = tokio::time::Instant::now();
+                        if !self.send_output(b, false).await && end_reason.is_none() {
+                            end_reason = Some("client gone".into());
+                            kill(pid, group, &mut killed);
+                        }
+                    }
+                    None => {
+                        pipe_out = None;
+                        if pipe_err.is_none() && !rx_open {
+                            self.flush_output().await;
+                        }
+                    }
+                },
+                r = read_pipe(&mut pipe_err) => match r {
+                    Some(b) => {
+                        last_output = tokio::time::Instant::now();
+                        if !self.send_output(b, true).await && end_reason.is_none() {
+                            end_reason = Some("client gone".into());
+                            kill(pid, group, &mut killed);
+                        }
+                    }
+                    None => {
+                        pipe_err = None;
+                        if pipe_out.is_none() && !rx_open {
+                            self.flush_output().await;
+                        }
                     }
                 },
                 // Output went idle: release what the masker holds back
@@ -1228,7 +1262,9 @@ impl Task {
                 }
                 _ = sleep_until_opt(drain_deadline), if out_open => {
                     // A background process still holds the terminal or pipes.
-                    out_open = false;
+                    rx_open = false;
+                    pipe_out = None;
+                    pipe_err = None;
                 }
             }
         }
@@ -1489,19 +1525,47 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
-async fn pump(r: &mut (impl tokio::io::AsyncRead + Unpin), tx: mpsc::Sender<Out>, stderr: bool) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or(&[]));
-                if tx.send(Out::Data(chunk, stderr)).await.is_err() {
-                    break;
-                }
-            }
+/// Largest chunk of child output read at once. Bulk output comes in
+/// chunks this big (fewer events, syscalls and hand-offs per byte: measured
+/// with bench/masking.sh); interactive output is as small as it is written.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A child's stdout or stderr pipe with its read buffer.
+struct Pipe<R> {
+    r: R,
+    buf: bytes::BytesMut,
+}
+
+impl<R: std::os::fd::AsFd> Pipe<R> {
+    fn new(r: R) -> Self {
+        shell::widen_pipe(&r);
+        Self {
+            r,
+            buf: bytes::BytesMut::new(),
         }
+    }
+}
+
+/// The next chunk from `pipe` (read straight into a buffer handed on as
+/// `Bytes`: no copy); `None` at EOF or on an error; never ready when there
+/// is no pipe. Cancel-safe (`read_buf` reads nothing unless it completes),
+/// so it can sit in the session loop's `select!`.
+async fn read_pipe<R>(pipe: &mut Option<Pipe<R>>) -> Option<Bytes>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let Some(p) = pipe.as_mut() else {
+        return std::future::pending().await;
+    };
+    // A new buffer once the rest of the last one is small: chunks handed on
+    // share it until the client has them.
+    if p.buf.capacity() - p.buf.len() < READ_CHUNK / 4 {
+        p.buf.reserve(READ_CHUNK);
+    }
+    match p.r.read_buf(&mut p.buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(p.buf.split().freeze()),
     }
 }
 

@@ -25,5 +25,6 @@ mod lineguard;
 mod login;
 mod masking;
 mod oidc;
+mod paste_before_prompt;
 mod reload;
 mod sessions;
