@@ -9,6 +9,13 @@
 //! the bytes between the end of that keyword and the end of the match (except
 //! one trailing delimiter) are all in `run`, and the match is at most
 //! `max_len` bytes long.
+//!
+//! Two hand-written shortcuts per detector keep the regexes off the hot
+//! path (issue 5, benchmark goals), each checked against the regex by the
+//! tests: a [`Check`] that rejects a keyword whose match cannot exist from
+//! the bytes right after it (`secrets are not printed`, a URL without
+//! `user:pw@`), and [`Groups`], which reads the masked value off a match
+//! the lazy DFA found instead of asking a capture engine for it.
 
 /// Which bytes may follow a keyword inside a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +53,215 @@ pub(crate) enum Kind {
     PemHeader,
 }
 
+/// A necessary condition on the bytes right after a keyword, tested before
+/// any regex runs: `Reject` means no match of the detector contains that
+/// keyword occurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Nothing cheap to test.
+    None,
+    /// `["']?[ \t]{0,4}[:=]` right after the keyword or, with `suffixes`,
+    /// after one of password-assignment's `[_-]?(key|id|value|secret|token)`.
+    Assignment { suffixes: bool },
+    /// `user:password@` right after a URL scheme's `://`.
+    UserInfo,
+}
+
+/// What a [`Check`] concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// No match can contain this keyword occurrence.
+    Reject,
+    /// A match may exist (or the bytes to decide have not arrived yet).
+    Maybe,
+}
+
+/// Byte classes for [`Check::UserInfo`], one table lookup per byte.
+const OTHER: u8 = 0;
+/// Ends a userinfo part: ASCII whitespace, `/`, `@`, `"`, `'`.
+const STOP: u8 = 4;
+
+const CLASSES: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if matches!(c, b' ' | b'\t'..=b'\r' | b'/' | b'@' | b'"' | b'\'') {
+            t[b] = STOP;
+        }
+        b += 1;
+    }
+    t
+};
+
+fn class(b: u8) -> u8 {
+    CLASSES.get(usize::from(b)).copied().unwrap_or(OTHER)
+}
+
+impl Check {
+    /// Test the bytes `after` a keyword; `last`: nothing follows them.
+    pub(crate) fn verdict(self, after: &[u8], last: bool) -> Verdict {
+        let short = if last {
+            Verdict::Reject
+        } else {
+            Verdict::Maybe
+        };
+        match self {
+            Check::None => Verdict::Maybe,
+            Check::Assignment { suffixes } => {
+                // Longest prefix that decides: `-secret"    =`.
+                if after.len() < 14 && !last {
+                    return Verdict::Maybe;
+                }
+                if separator_at(after, 0) {
+                    return Verdict::Maybe;
+                }
+                if suffixes {
+                    // The suffix words differ in their first letter, so at
+                    // most one of them follows (after an optional `_`/`-`).
+                    let skip = usize::from(matches!(after.first(), Some(b'_' | b'-')));
+                    let w: &[u8] = match after.get(skip).map(u8::to_ascii_lowercase) {
+                        Some(b'k') => b"key",
+                        Some(b'i') => b"id",
+                        Some(b'v') => b"value",
+                        Some(b's') => b"secret",
+                        Some(b't') => b"token",
+                        _ => return Verdict::Reject,
+                    };
+                    if after
+                        .get(skip..skip + w.len())
+                        .is_some_and(|t| t.eq_ignore_ascii_case(w))
+                        && separator_at(after, skip + w.len())
+                    {
+                        return Verdict::Maybe;
+                    }
+                }
+                Verdict::Reject
+            }
+            Check::UserInfo => {
+                // `[^\s:/@"']{1,128}:([^\s@/"']{1,256})@`
+                let mut i = 0;
+                for (part, end, max) in [(0, b':', 128), (1, b'@', 256)] {
+                    let from = i;
+                    loop {
+                        let Some(&b) = after.get(i) else {
+                            return short;
+                        };
+                        if b == end && i > from {
+                            i += 1;
+                            break;
+                        }
+                        if class(b) & STOP != 0 || (part == 0 && b == b':') || i - from >= max {
+                            return Verdict::Reject;
+                        }
+                        i += 1;
+                    }
+                }
+                Verdict::Maybe
+            }
+        }
+    }
+}
+
+/// Does `["']?[ \t]{0,4}[:=]` match at `after[i..]`? The quote is taken
+/// when there (nothing else could follow in its place) and then every
+/// blank (a fifth one cannot be the separator).
+fn separator_at(after: &[u8], mut i: usize) -> bool {
+    if matches!(after.get(i), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    let blanks = after
+        .get(i..)
+        .unwrap_or_default()
+        .iter()
+        .take(5)
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    blanks <= 4 && matches!(after.get(i + blanks), Some(b':' | b'='))
+}
+
+/// How the masked value (the regex's first participating group) is read
+/// off a whole match `t`, without a capture engine. Each rule follows from
+/// the shape of the detector's regex, noted at each arm; the tests compare
+/// it with the regex's own groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Groups {
+    /// No groups: the whole match is masked.
+    None,
+    /// password-assignment: a `"..."` or `'...'` value, an `Authorization:`
+    /// credential, or a bare value after the separator.
+    Assignment,
+    /// connection-string-password: between the userinfo's `:` and the `@`.
+    UserInfo,
+    /// aws-secret-access-key: the 40 bytes before the trailing delimiter.
+    Last40,
+    /// gcp-service-account-key: from `-----BEGIN` to before the closing `"`.
+    PemString,
+}
+
+impl Groups {
+    /// The masked span inside match `t` (relative to its start); `None`
+    /// when `t` does not have the expected shape (the caller then asks the
+    /// regex).
+    pub(crate) fn span(self, t: &[u8]) -> Option<(usize, usize)> {
+        let n = t.len();
+        match self {
+            Groups::None => Some((0, n)),
+            Groups::Assignment => {
+                match t.last()? {
+                    // Only the `"..."` value ends with `"` (the others
+                    // exclude quotes) and holds none inside, so its
+                    // opening quote is the last one before the end.
+                    q @ (b'"' | b'\'') => {
+                        let body = t.get(..n - 1)?;
+                        let open = body.iter().rposition(|b| b == q)?;
+                        Some((open + 1, n - 1))
+                    }
+                    _ => {
+                        let auth = b"authorization";
+                        if t.get(..auth.len())
+                            .is_some_and(|h| h.eq_ignore_ascii_case(auth))
+                        {
+                            // `...[ \t]{1,4}([^\s"']{8,512})`: after the
+                            // last blank.
+                            let sp = t.iter().rposition(|&b| b == b' ' || b == b'\t')?;
+                            Some((sp + 1, n))
+                        } else {
+                            // The key part holds no `:`/`=`, so the first
+                            // is the separator; the value cannot start with
+                            // a blank, so the greedy `[ \t]{0,4}` takes all.
+                            let sep = t.iter().position(|&b| b == b':' || b == b'=')?;
+                            let rest = t.get(sep + 1..)?;
+                            let blanks = rest.iter().take_while(|&&b| b == b' ' || b == b'\t');
+                            Some((sep + 1 + blanks.count(), n))
+                        }
+                    }
+                }
+            }
+            Groups::UserInfo => {
+                // The scheme has no `:`, so the first `:` is in `://`; the
+                // user part has none, so the next one ends it.
+                let scheme = t.iter().position(|&b| b == b':')?;
+                let after = scheme + 3;
+                let colon = t.get(after..)?.iter().position(|&b| b == b':')? + after;
+                (t.last() == Some(&b'@')).then_some((colon + 1, n - 1))
+            }
+            Groups::Last40 => {
+                let last = *t.last()?;
+                let value = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
+                // Either the delimiter after the value, or `$`.
+                let end = if value(last) { n } else { n - 1 };
+                Some((end.checked_sub(40)?, end))
+            }
+            Groups::PemString => {
+                // The `"private_key": "` prefix holds no `-`.
+                let start = t.iter().position(|&b| b == b'-')?;
+                (t.last() == Some(&b'"')).then_some((start, n - 1))
+            }
+        }
+    }
+}
+
 /// A built-in detector's static description.
 pub(crate) struct Builtin {
     pub name: &'static str,
@@ -64,6 +280,8 @@ pub(crate) struct Builtin {
     pub max_len: usize,
     pub run: Run,
     pub kind: Kind,
+    pub check: Check,
+    pub groups: Groups,
 }
 
 const CONN_SCHEMES: &[&str] = &[
@@ -104,6 +322,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 80,
         run: Run::Line,
         kind: Kind::PemHeader,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "gcp-service-account-key",
@@ -117,6 +337,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 8250,
         run: Run::Line,
         kind: Kind::Plain,
+        check: Check::Assignment { suffixes: false },
+        groups: Groups::PemString,
     },
     Builtin {
         name: "aws-access-key-id",
@@ -128,6 +350,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 20,
         run: Run::Token,
         kind: Kind::Plain,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "aws-secret-access-key",
@@ -141,6 +365,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 80,
         run: Run::Line,
         kind: Kind::Plain,
+        check: Check::Assignment { suffixes: false },
+        groups: Groups::Last40,
     },
     Builtin {
         name: "github-token",
@@ -153,6 +379,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 262,
         run: Run::Token,
         kind: Kind::Plain,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "gitlab-token",
@@ -164,6 +392,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 70,
         run: Run::Token,
         kind: Kind::Plain,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "slack-token",
@@ -175,6 +405,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 260,
         run: Run::Token,
         kind: Kind::Plain,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "slack-webhook",
@@ -186,6 +418,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 240,
         run: Run::NonSpace,
         kind: Kind::Plain,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "stripe-key",
@@ -197,6 +431,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 260,
         run: Run::Token,
         kind: Kind::Plain,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "gcp-api-key",
@@ -208,6 +444,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 39,
         run: Run::Token,
         kind: Kind::Plain,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "jwt",
@@ -219,6 +457,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 14400,
         run: Run::Token,
         kind: Kind::Plain,
+        check: Check::None,
+        groups: Groups::None,
     },
     Builtin {
         name: "connection-string-password",
@@ -230,6 +470,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 420,
         run: Run::NonSpace,
         kind: Kind::Plain,
+        check: Check::UserInfo,
+        groups: Groups::UserInfo,
     },
     Builtin {
         name: "password-assignment",
@@ -263,6 +505,8 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         max_len: 560,
         run: Run::Line,
         kind: Kind::Plain,
+        check: Check::Assignment { suffixes: true },
+        groups: Groups::Assignment,
     },
 ];
 
