@@ -889,14 +889,23 @@ impl Inner {
         &'a self,
         buf: &[u8],
         triggered: &[bool],
+        hits: &[Vec<usize>],
         f: Found,
         generic: &'a Detector,
         locs: &mut [Option<CaptureLocations>],
     ) -> &'a Detector {
         let hay = buf.get(..f.mask_end).unwrap_or_default();
-        for ((d, t), l) in self.detectors.iter().zip(triggered).zip(locs) {
+        for (((d, t), l), h) in self.detectors.iter().zip(triggered).zip(locs).zip(hits) {
             if d.generic || d.kind != Kind::Plain || !*t {
                 continue;
+            }
+            // A built-in's match at the value's start holds one of its
+            // keywords within `lead` bytes of it: without one, no regex.
+            if d.windowed {
+                let first = h.partition_point(|&k| k < f.mask_start);
+                if h.get(first).is_none_or(|&k| k > f.mask_start + d.lead) {
+                    continue;
+                }
             }
             let found = match &d.anchored {
                 Some(re) => Self::find_anchored(d, re, hay, f.mask_start, hay.len(), l),
@@ -1337,7 +1346,7 @@ impl StreamMasker {
                 break;
             };
             if d.generic {
-                d = inner.specific_name(buf, &sc.triggered, f, d, &mut sc.locs);
+                d = inner.specific_name(buf, &sc.triggered, &sc.hits, f, d, &mut sc.locs);
             }
             out.bytes
                 .extend_from_slice(buf.get(p..f.mask_start).unwrap_or_default());
