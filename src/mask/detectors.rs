@@ -262,6 +262,155 @@ impl Groups {
     }
 }
 
+/// A hand-written matcher for a fixed-shape detector: the length of the
+/// match of its regex anchored at the start of `hay` (after the leading
+/// `\b`, which the caller checks), or `None`. Each arm mirrors the regex
+/// quoted at it, leftmost-first and greedy as the regex engine is; a
+/// property test compares them on random text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// No hand matcher: the lazy DFA runs.
+    Regex,
+    AwsKeyId,
+    GitHub,
+    GitLab,
+    SlackToken,
+    Stripe,
+    GcpApiKey,
+    Jwt,
+    PemHeader,
+}
+
+/// Length of the run of `class` bytes at `hay[from..]`, at most `max`.
+fn run(hay: &[u8], from: usize, max: usize, class: impl Fn(u8) -> bool) -> usize {
+    let rest = hay.get(from..).unwrap_or_default();
+    let rest = rest.get(..max.min(rest.len())).unwrap_or_default();
+    rest.iter().position(|&b| !class(b)).unwrap_or(rest.len())
+}
+
+fn upper_digit(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit()
+}
+
+fn alnum(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+
+fn word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+fn b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+fn alnum_dash(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
+/// `[min,max]` bytes of `class` after a `prefix` of `p` bytes, greedy and
+/// with nothing required after: the match is as long as the run allows.
+fn prefix_run(
+    hay: &[u8],
+    p: usize,
+    min: usize,
+    max: usize,
+    class: impl Fn(u8) -> bool,
+) -> Option<usize> {
+    let n = run(hay, p, max, class);
+    (n >= min).then_some(p + n)
+}
+
+impl Shape {
+    pub(crate) fn len(self, hay: &[u8]) -> Option<usize> {
+        let at = |i: usize| hay.get(i).copied();
+        let starts = |lit: &[u8]| hay.starts_with(lit);
+        match self {
+            Shape::Regex => None,
+            // `(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}\b`: fixed
+            // length, so the byte after must not be a word byte.
+            Shape::AwsKeyId => {
+                let ok = [&b"AKIA"[..], b"ASIA", b"ABIA", b"ACCA"]
+                    .iter()
+                    .any(|l| starts(l))
+                    || (starts(b"A3T") && at(3).is_some_and(upper_digit));
+                (ok && run(hay, 4, 16, upper_digit) == 16 && !at(20).is_some_and(word))
+                    .then_some(20)
+            }
+            // `gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,251}`
+            Shape::GitHub => {
+                if starts(b"github_pat_") {
+                    prefix_run(hay, 11, 22, 251, word)
+                } else if starts(b"gh")
+                    && at(2).is_some_and(|b| b"pousr".contains(&b))
+                    && at(3) == Some(b'_')
+                {
+                    prefix_run(hay, 4, 36, 251, alnum)
+                } else {
+                    None
+                }
+            }
+            // `glpat-[A-Za-z0-9_-]{20,64}`
+            Shape::GitLab => starts(b"glpat-").then(|| prefix_run(hay, 6, 20, 64, b64url))?,
+            // `xox[abposr]-[A-Za-z0-9-]{10,250}`
+            Shape::SlackToken => (starts(b"xox")
+                && at(3).is_some_and(|b| b"abposr".contains(&b))
+                && at(4) == Some(b'-'))
+            .then(|| prefix_run(hay, 5, 10, 250, alnum_dash))?,
+            // `(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}`
+            Shape::Stripe => ([&b"sk_live_"[..], b"sk_test_", b"rk_live_", b"rk_test_"]
+                .iter()
+                .any(|l| starts(l)))
+            .then(|| prefix_run(hay, 8, 16, 247, alnum))?,
+            // `AIza[0-9A-Za-z_-]{35}`
+            Shape::GcpApiKey => starts(b"AIza").then(|| prefix_run(hay, 4, 35, 35, b64url))?,
+            // `eyJ[A-Za-z0-9_-]{8,4096}\.eyJ[A-Za-z0-9_-]{8,8192}\.[A-Za-z0-9_-]{0,2048}`:
+            // `.` is outside the class, so each run must end at its `.`
+            // (a longer run cannot give back bytes to make one appear).
+            Shape::Jwt => {
+                if !starts(b"eyJ") {
+                    return None;
+                }
+                let a = run(hay, 3, usize::MAX, b64url);
+                let i = 3 + a;
+                if !(8..=4096).contains(&a) || at(i) != Some(b'.') {
+                    return None;
+                }
+                if hay.get(i + 1..i + 4) != Some(&b"eyJ"[..]) {
+                    return None;
+                }
+                let b = run(hay, i + 4, usize::MAX, b64url);
+                let j = i + 4 + b;
+                if !(8..=8192).contains(&b) || at(j) != Some(b'.') {
+                    return None;
+                }
+                Some(j + 1 + run(hay, j + 1, 2048, b64url))
+            }
+            // `-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----`: the
+            // greedy run gives back bytes until the rest matches.
+            Shape::PemHeader => {
+                if !starts(b"-----BEGIN") {
+                    return None;
+                }
+                let class = |b: u8| b == b' ' || upper_digit(b);
+                let n = run(hay, 10, 40, class);
+                (0..=n).rev().find_map(|i| {
+                    let rest = hay.get(10 + i..)?;
+                    let rest = rest.strip_prefix(b"PRIVATE KEY")?;
+                    let used = 10 + i + 11;
+                    if rest.starts_with(b" BLOCK-----") {
+                        Some(used + 11)
+                    } else if rest.starts_with(b"-----") {
+                        Some(used + 5)
+                    } else {
+                        None
+                    }
+                })
+            }
+        }
+    }
+}
+
 /// A built-in detector's static description.
 pub(crate) struct Builtin {
     pub name: &'static str,
@@ -282,6 +431,7 @@ pub(crate) struct Builtin {
     pub kind: Kind,
     pub check: Check,
     pub groups: Groups,
+    pub shape: Shape,
 }
 
 const CONN_SCHEMES: &[&str] = &[
@@ -324,6 +474,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::PemHeader,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::PemHeader,
     },
     Builtin {
         name: "gcp-service-account-key",
@@ -339,6 +490,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::Assignment { suffixes: false },
         groups: Groups::PemString,
+        shape: Shape::Regex,
     },
     Builtin {
         name: "aws-access-key-id",
@@ -352,6 +504,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::AwsKeyId,
     },
     Builtin {
         name: "aws-secret-access-key",
@@ -367,6 +520,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::Assignment { suffixes: false },
         groups: Groups::Last40,
+        shape: Shape::Regex,
     },
     Builtin {
         name: "github-token",
@@ -381,6 +535,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::GitHub,
     },
     Builtin {
         name: "gitlab-token",
@@ -394,6 +549,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::GitLab,
     },
     Builtin {
         name: "slack-token",
@@ -407,6 +563,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::SlackToken,
     },
     Builtin {
         name: "slack-webhook",
@@ -420,6 +577,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::Regex,
     },
     Builtin {
         name: "stripe-key",
@@ -433,6 +591,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::Stripe,
     },
     Builtin {
         name: "gcp-api-key",
@@ -446,6 +605,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::GcpApiKey,
     },
     Builtin {
         name: "jwt",
@@ -459,6 +619,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::None,
         groups: Groups::None,
+        shape: Shape::Jwt,
     },
     Builtin {
         name: "connection-string-password",
@@ -472,6 +633,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::UserInfo,
         groups: Groups::UserInfo,
+        shape: Shape::Regex,
     },
     Builtin {
         name: "password-assignment",
@@ -507,6 +669,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::Assignment { suffixes: true },
         groups: Groups::Assignment,
+        shape: Shape::Regex,
     },
 ];
 

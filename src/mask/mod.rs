@@ -67,7 +67,7 @@ use regex::bytes::{CaptureLocations, Regex, RegexBuilder};
 mod detectors;
 
 pub use detectors::builtin_names;
-use detectors::{BUILTINS, Check, Groups, Kind, Run, Verdict};
+use detectors::{BUILTINS, Check, Groups, Kind, Run, Shape, Verdict};
 
 /// Longest custom match the streaming masker guarantees across chunks.
 pub const CUSTOM_MAX: usize = 1024;
@@ -220,6 +220,8 @@ struct Detector {
     resolve: Option<Groups>,
     /// Built-ins: the cheap test of the bytes after a keyword.
     check: Check,
+    /// Built-ins of a fixed shape: matched by hand instead of `anchored`.
+    shape: Shape,
     /// The regex starts with `\b` (checked by hand before `anchored` runs,
     /// which cannot see the byte before the window).
     word_start: bool,
@@ -602,6 +604,7 @@ impl Masker {
                 anchored: None,
                 resolve: None,
                 check: Check::None,
+                shape: Shape::Regex,
                 word_start: false,
                 groups: regex.captures_len() > 1,
                 regex,
@@ -659,6 +662,7 @@ impl Masker {
                 anchored,
                 resolve: Some(b.groups),
                 check: b.check,
+                shape: b.shape,
                 word_start,
                 groups: regex.captures_len() > 1,
                 regex,
@@ -990,6 +994,16 @@ impl Inner {
             return None; // the leading `\b` fails
         }
         let hay = buf.get(k..end)?;
+        if d.shape != Shape::Regex {
+            // Fixed shapes have no groups: the whole match is masked.
+            let n = d.shape.len(hay).filter(|&n| n > 0)?;
+            return Some(Found {
+                start: k,
+                end: k + n,
+                mask_start: k,
+                mask_end: k + n,
+            });
+        }
         let m = re.find(hay)?;
         if m.start() != 0 || m.is_empty() {
             return None;

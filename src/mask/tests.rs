@@ -1125,3 +1125,117 @@ fn values_at_the_relaxed_bound_mask_as_the_plain_algorithm() {
         }
     }
 }
+
+fn shape_text() -> impl Strategy<Value = Vec<u8>> {
+    // Keyword starts, then bytes of the classes the shapes count (runs of
+    // every length around their bounds), dots, blanks and dashes.
+    let starts: Vec<Vec<u8>> = [
+        "AKIA",
+        "ASIA",
+        "ABIA",
+        "ACCA",
+        "A3T",
+        "A3Tx",
+        "AKI",
+        "ghp_",
+        "gho_",
+        "ghx_",
+        "github_pat_",
+        "glpat-",
+        "xoxb-",
+        "xoxz-",
+        "sk_live_",
+        "rk_test_",
+        "sk_prod_",
+        "AIza",
+        "eyJ",
+        "-----BEGIN",
+        "-----BEGIN RSA ",
+        "-----BEGIN PRIVATE KEY BLOCK",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let piece = prop_oneof![
+        proptest::collection::vec(proptest::sample::select(b"aZ09_-./ +=Q".to_vec()), 0..12),
+        (1usize..300, proptest::sample::select(b"aZ9_-".to_vec())).prop_map(|(n, b)| vec![b; n]),
+        (0usize..4200, proptest::sample::select(b"aZ9_-".to_vec())).prop_map(|(n, b)| vec![b; n]),
+        proptest::sample::select(vec![
+            b".eyJ".to_vec(),
+            b"PRIVATE KEY".to_vec(),
+            b"-----".to_vec(),
+            b" BLOCK".to_vec(),
+            b"ABCDEFGHIJKLMNOP".to_vec(),
+        ]),
+    ];
+    (
+        proptest::sample::select(starts),
+        proptest::collection::vec(piece, 0..6),
+    )
+        .prop_map(|(s, rest)| [s, rest.concat()].concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Every hand matcher is its detector's anchored regex: same match
+    /// length, or no match, on the same bytes (cut anywhere too).
+    #[test]
+    fn shapes_equal_their_anchored_regexes(text in shape_text(), cut in 0usize..5000) {
+        let m = masker();
+        let cut = cut.min(text.len());
+        for hay in [&text[..], &text[..cut]] {
+            for d in m.inner.detectors.iter().filter(|d| d.shape != Shape::Regex) {
+                let re = d.anchored.as_ref().unwrap();
+                let want = re.find(hay).filter(|m| m.start() == 0 && !m.is_empty()).map(|m| m.end());
+                prop_assert_eq!(d.shape.len(hay), want, "{}", d.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn shapes_match_their_samples_and_bounds() {
+    let m = masker();
+    let shape = |name: &str| {
+        m.inner
+            .detectors
+            .iter()
+            .find(|d| &*d.name == name)
+            .unwrap()
+            .shape
+    };
+    assert_eq!(
+        shape("aws-access-key-id").len(b"AKIAIOSFODNN7EXAMPLE "),
+        Some(20)
+    );
+    assert_eq!(
+        shape("aws-access-key-id").len(b"AKIAIOSFODNN7EXAMPLEX"),
+        None
+    );
+    assert_eq!(shape("github-token").len(GH.as_bytes()), Some(GH.len()));
+    assert_eq!(shape("github-token").len(&GH.as_bytes()[..39]), None);
+    let jwt = JWT.as_bytes();
+    assert_eq!(shape("jwt").len(jwt), Some(jwt.len()));
+    assert_eq!(
+        shape("private-key").len(b"-----BEGIN RSA PRIVATE KEY-----\n"),
+        Some(31)
+    );
+    assert_eq!(
+        shape("private-key").len(b"-----BEGIN PRIVATE KEY BLOCK-----"),
+        Some(33)
+    );
+    assert_eq!(
+        shape("private-key").len(b"-----BEGIN PUBLIC KEY-----"),
+        None
+    );
+    // Every fixed-shape detector has its matcher; the others use the DFA.
+    for d in &m.inner.detectors {
+        assert_eq!(
+            d.shape == Shape::Regex,
+            d.groups || d.name.contains("webhook") || d.name.contains("gcp-service"),
+            "{}",
+            d.name
+        );
+    }
+}
