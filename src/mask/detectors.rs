@@ -76,18 +76,54 @@ pub(crate) enum Verdict {
     Maybe,
 }
 
-/// Byte classes for [`Check::UserInfo`], one table lookup per byte.
+/// Byte classes for [`Check::UserInfo`] and the bare password value, one
+/// table lookup per byte.
 const OTHER: u8 = 0;
 /// Ends a userinfo part: ASCII whitespace, `/`, `@`, `"`, `'`.
 const STOP: u8 = 4;
+/// Cannot start a bare password value: `[\s"'$;&|,<>(){}\[\]`]`.
+const NOT_FIRST: u8 = 8;
+/// Cannot continue a bare password value: `[\s"';&|,<>`]`.
+const NOT_REST: u8 = 16;
 
 const CLASSES: [u8; 256] = {
     let mut t = [OTHER; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        if matches!(c, b' ' | b'\t'..=b'\r' | b'/' | b'@' | b'"' | b'\'') {
-            t[b] = STOP;
+        let space = matches!(c, b' ' | b'\t'..=b'\r');
+        if space || matches!(c, b'/' | b'@' | b'"' | b'\'') {
+            t[b] |= STOP;
+        }
+        if space
+            || matches!(
+                c,
+                b'"' | b'\''
+                    | b'$'
+                    | b';'
+                    | b'&'
+                    | b'|'
+                    | b','
+                    | b'<'
+                    | b'>'
+                    | b'('
+                    | b')'
+                    | b'{'
+                    | b'}'
+                    | b'['
+                    | b']'
+                    | b'`'
+            )
+        {
+            t[b] |= NOT_FIRST;
+        }
+        if space
+            || matches!(
+                c,
+                b'"' | b'\'' | b';' | b'&' | b'|' | b',' | b'<' | b'>' | b'`'
+            )
+        {
+            t[b] |= NOT_REST;
         }
         b += 1;
     }
@@ -279,6 +315,88 @@ pub(crate) enum Shape {
     GcpApiKey,
     Jwt,
     PemHeader,
+    Assignment,
+}
+
+fn blank(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// `\s` without Unicode: `[\t\n\v\f\r ]`.
+fn space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t'..=b'\r')
+}
+
+/// ASCII case-insensitive `lit` at `hay[i..]`.
+fn lit_at(hay: &[u8], i: usize, lit: &[u8]) -> bool {
+    hay.get(i..i + lit.len())
+        .is_some_and(|t| t.eq_ignore_ascii_case(lit))
+}
+
+/// Length of password-assignment's key alternation at the start of `hay`:
+/// `passwd|password|passphrase|secret|token|api[_-]?key|apikey|
+/// access[_-]?key|auth[_-]?key|private[_-]?key`. The alternatives that
+/// match at one place all have the same length, so which one the regex
+/// takes does not matter.
+fn assignment_key(hay: &[u8]) -> Option<usize> {
+    for w in [
+        &b"passwd"[..],
+        b"password",
+        b"passphrase",
+        b"secret",
+        b"token",
+    ] {
+        if lit_at(hay, 0, w) {
+            return Some(w.len());
+        }
+    }
+    for w in [&b"api"[..], b"access", b"auth", b"private"] {
+        if lit_at(hay, 0, w) {
+            let dash = usize::from(matches!(hay.get(w.len()), Some(b'_' | b'-')));
+            if lit_at(hay, w.len() + dash, b"key") {
+                return Some(w.len() + dash + 3);
+            }
+        }
+    }
+    None
+}
+
+/// Greedy `[ \t]{0,max}` at `i` followed by something that cannot be a
+/// blank: every blank is taken, and more than `max` means no match.
+fn blanks(hay: &[u8], i: usize, max: usize) -> Option<usize> {
+    let n = run(hay, i, max + 1, blank);
+    (n <= max).then_some(i + n)
+}
+
+/// `"([^"\r\n]{1,256})"|'([^'\r\n]{1,256})'|([^\s"'$;&|,<>(){}\[\]`][^\s"';&|,<>`]{0,255})`
+/// at `v`: the end of the value. The quoted bodies exclude their quote,
+/// so the run to it is the only way; a failed quoted value leaves the
+/// bare one nothing (it cannot start with a quote).
+fn assignment_value(hay: &[u8], v: usize) -> Option<usize> {
+    match hay.get(v).copied()? {
+        q @ (b'"' | b'\'') => {
+            let n = run(hay, v + 1, usize::MAX, |b| {
+                b != q && b != b'\r' && b != b'\n'
+            });
+            ((1..=256).contains(&n) && hay.get(v + 1 + n) == Some(&q)).then_some(v + n + 2)
+        }
+        c if class(c) & NOT_FIRST != 0 => None,
+        _ => Some(v + 1 + run(hay, v + 1, 255, |b| class(b) & NOT_REST == 0)),
+    }
+}
+
+/// The key part's tail from `i`: `["']?[ \t]{0,4}[:=][ \t]{0,4}` then
+/// the value.
+fn assignment_rest(hay: &[u8], mut i: usize) -> Option<usize> {
+    if matches!(hay.get(i), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    let i = blanks(hay, i, 4)?;
+    if !matches!(hay.get(i), Some(b':' | b'=')) {
+        return None;
+    }
+    let v = blanks(hay, i + 1, 4)?;
+    assignment_value(hay, v)
 }
 
 /// Length of the run of `class` bytes at `hay[from..]`, at most `max`.
@@ -385,6 +503,42 @@ impl Shape {
                     return None;
                 }
                 Some(j + 1 + run(hay, j + 1, 2048, b64url))
+            }
+            // password-assignment, branch one: key, then the optional
+            // `[_-]?(?:key|id|value|secret|token)` tried first, then
+            // without it; branch two: `authorization[ \t]{0,4}:[ \t]{0,4}
+            // (?:bearer|basic|token)[ \t]{1,4}([^\s"']{8,512})` (no key of
+            // branch one starts `authorization`).
+            Shape::Assignment => {
+                if let Some(key) = assignment_key(hay) {
+                    let dash = usize::from(matches!(hay.get(key), Some(b'_' | b'-')));
+                    for w in [&b"key"[..], b"id", b"value", b"secret", b"token"] {
+                        if lit_at(hay, key + dash, w) {
+                            if let Some(end) = assignment_rest(hay, key + dash + w.len()) {
+                                return Some(end);
+                            }
+                            break;
+                        }
+                    }
+                    return assignment_rest(hay, key);
+                }
+                if !lit_at(hay, 0, b"authorization") {
+                    return None;
+                }
+                let i = blanks(hay, 13, 4)?;
+                if hay.get(i) != Some(&b':') {
+                    return None;
+                }
+                let i = blanks(hay, i + 1, 4)?;
+                let scheme = [&b"bearer"[..], b"basic", b"token"]
+                    .into_iter()
+                    .find(|w| lit_at(hay, i, w))?;
+                let v = blanks(hay, i + scheme.len(), 4)?;
+                if v == i + scheme.len() {
+                    return None; // `[ \t]{1,4}`
+                }
+                let n = run(hay, v, 512, |b| !space(b) && b != b'"' && b != b'\'');
+                (n >= 8).then_some(v + n)
             }
             // `-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----`: the
             // greedy run gives back bytes until the rest matches.
@@ -669,7 +823,7 @@ pub(crate) const BUILTINS: &[Builtin] = &[
         kind: Kind::Plain,
         check: Check::Assignment { suffixes: true },
         groups: Groups::Assignment,
-        shape: Shape::Regex,
+        shape: Shape::Assignment,
     },
 ];
 

@@ -994,23 +994,21 @@ impl Inner {
             return None; // the leading `\b` fails
         }
         let hay = buf.get(k..end)?;
-        if d.shape != Shape::Regex {
-            // Fixed shapes have no groups: the whole match is masked.
-            let n = d.shape.len(hay).filter(|&n| n > 0)?;
-            return Some(Found {
-                start: k,
-                end: k + n,
-                mask_start: k,
-                mask_end: k + n,
-            });
-        }
-        let m = re.find(hay)?;
-        if m.start() != 0 || m.is_empty() {
+        let len = if d.shape == Shape::Regex {
+            let m = re.find(hay)?;
+            if m.start() != 0 {
+                return None;
+            }
+            m.end()
+        } else {
+            d.shape.len(hay)?
+        };
+        if len == 0 {
             return None;
         }
-        let (mut ms, mut me) = (m.start(), m.end());
+        let (mut ms, mut me) = (0, len);
         if d.groups {
-            let span = hay.get(..m.end())?;
+            let span = hay.get(..len)?;
             if let Some((s, e)) = d.resolve.and_then(|g| g.span(span)) {
                 (ms, me) = (s, e);
             } else {
@@ -1028,7 +1026,7 @@ impl Inner {
         }
         Some(Found {
             start: k,
-            end: k + m.end(),
+            end: k + len,
             mask_start: k + ms,
             mask_end: k + me,
         })

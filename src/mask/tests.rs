@@ -1159,6 +1159,24 @@ fn shape_text() -> impl Strategy<Value = Vec<u8>> {
         "-----BEGIN",
         "-----BEGIN RSA ",
         "-----BEGIN PRIVATE KEY BLOCK",
+        "password",
+        "PASSWD",
+        "passphrase",
+        "Secret",
+        "token",
+        "api_key",
+        "ApiKey",
+        "api-key",
+        "access-key",
+        "auth_key",
+        "PrivateKey",
+        "private_key",
+        "secret_",
+        "token-Id",
+        "password_value",
+        "passwordsecret",
+        "Authorization",
+        "authorization_key",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -1167,7 +1185,12 @@ fn shape_text() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(proptest::sample::select(b"aZ09_-./ +=Q".to_vec()), 0..12),
         (1usize..300, proptest::sample::select(b"aZ9_-".to_vec())).prop_map(|(n, b)| vec![b; n]),
         (0usize..4200, proptest::sample::select(b"aZ9_-".to_vec())).prop_map(|(n, b)| vec![b; n]),
+        proptest::collection::vec(proptest::sample::select(b"=: \t\"'$;,(\r\n".to_vec()), 0..7),
         proptest::sample::select(vec![
+            b"Bearer ".to_vec(),
+            b"basic\t".to_vec(),
+            b"_TOKEN".to_vec(),
+            b"-id".to_vec(),
             b".eyJ".to_vec(),
             b"PRIVATE KEY".to_vec(),
             b"-----".to_vec(),
@@ -1240,7 +1263,7 @@ fn shapes_match_their_samples_and_bounds() {
     for d in &m.inner.detectors {
         assert_eq!(
             d.shape == Shape::Regex,
-            d.groups || d.name.contains("webhook") || d.name.contains("gcp-service"),
+            d.groups && !d.generic || d.name.contains("webhook"),
             "{}",
             d.name
         );
