@@ -10,12 +10,15 @@
 //! one trailing delimiter) are all in `run`, and the match is at most
 //! `max_len` bytes long.
 //!
-//! Two hand-written shortcuts per detector keep the regexes off the hot
-//! path (issue 5, benchmark goals), each checked against the regex by the
-//! tests: a [`Check`] that rejects a keyword whose match cannot exist from
-//! the bytes right after it (`secrets are not printed`, a URL without
-//! `user:pw@`), and [`Groups`], which reads the masked value off a match
-//! the lazy DFA found instead of asking a capture engine for it.
+//! Three hand-written shortcuts keep the regexes off the hot path (issue 5,
+//! benchmark goals), each compared with the regex by the tests: a [`Check`]
+//! that rejects a keyword whose match cannot exist from the bytes right
+//! after it (`secrets are not printed`, a URL without `user:pw@`); a
+//! [`Shape`], a hand matcher that replaces the lazy DFA for the detectors
+//! of a fixed shape (and for password-assignment); and [`Groups`], which
+//! reads the masked value off a match instead of asking a capture engine.
+//! The regex stays the definition: custom rules, the detectors without a
+//! shape, and the reference the tests compare with use it.
 
 /// Which bytes may follow a keyword inside a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
