@@ -15,13 +15,20 @@
 //!    aho-corasick's packed SIMD searcher (Teddy; an aho-corasick DFA where
 //!    Teddy is unavailable). Clean text has few anchors, so it is emitted as
 //!    is: this is the fast path. At each anchor the keywords it stands for
-//!    are compared in place (ASCII case-insensitively for the detectors
-//!    whose regex is `(?i)`), so `Accepted publickey` costs one comparison.
+//!    are compared in place, each with one masked eight-byte compare
+//!    (ASCII case-insensitively for the detectors whose regex is `(?i)`),
+//!    and a detector's cheap [`detectors::Check`] of the bytes after the
+//!    keyword (a `:`/`=` must follow `password`, `user:pw@` a `://`)
+//!    drops occurrences no match can contain before any regex runs, so
+//!    `Accepted publickey for` or `secrets are not printed` cost a few
+//!    dozen instructions.
 //! 2. Only detectors whose keyword occurred run their regex, and only over
 //!    a window around each keyword (from `lead` bytes before it to
 //!    `max_len` after: every match lies there, see `detectors.rs`). The scan
 //!    takes the leftmost match over all detectors (ties: detector order),
-//!    masks it and continues after it.
+//!    masks it and continues after it. The built-ins' masked value (a
+//!    capture group) is read off the lazy DFA's match by hand
+//!    ([`detectors::Groups`]); only custom rules use a capture engine.
 //! 3. A PEM private-key header switches the masker into "inside a key block"
 //!    mode that swallows the body until the `-----END ...-----` line,
 //!    however long the block is and however it is chunked.
@@ -60,7 +67,7 @@ use regex::bytes::{CaptureLocations, Regex, RegexBuilder};
 mod detectors;
 
 pub use detectors::builtin_names;
-use detectors::{BUILTINS, Kind, Run};
+use detectors::{BUILTINS, Check, Groups, Kind, Run, Shape, Verdict};
 
 /// Longest custom match the streaming masker guarantees across chunks.
 pub const CUSTOM_MAX: usize = 1024;
@@ -207,13 +214,14 @@ struct Detector {
     /// window from the keyword, so a keyword that starts no secret costs a
     /// few DFA steps instead of a scan of the window.
     anchored: Option<Regex>,
-    /// `anchored` with its long counted repetitions (`{1,256}`) unbounded,
-    /// for resolving capture groups: the engine that tracks groups clears
-    /// a bitmap of NFA states x match length per match, and each counted
-    /// repetition unrolls into that many states. See `relax_repetitions`
-    /// for why its groups are `anchored`'s on matches up to `relaxed_max`.
-    capture: Option<Regex>,
-    relaxed_max: usize,
+    /// Built-ins: how the masked value is read off a match by hand (the
+    /// capture engines cost thousands of instructions per match). Custom
+    /// rules: `None`, the regex resolves its groups.
+    resolve: Option<Groups>,
+    /// Built-ins: the cheap test of the bytes after a keyword.
+    check: Check,
+    /// Built-ins of a fixed shape: matched by hand instead of `anchored`.
+    shape: Shape,
     /// The regex starts with `\b` (checked by hand before `anchored` runs,
     /// which cannot see the byte before the window).
     word_start: bool,
@@ -260,6 +268,67 @@ impl Keyword {
 struct AnchorUse {
     keyword: usize,
     offset: usize,
+    /// The keyword's first eight bytes (fewer: zero mask) as one masked
+    /// compare, `load & mask == value`, case folded where `ci`: most
+    /// anchor hits are rejected by it in a few instructions.
+    mask: u64,
+    value: u64,
+    /// The keyword is longer than eight bytes: compare the rest after.
+    long: bool,
+}
+
+impl AnchorUse {
+    fn new(keyword: usize, offset: usize, kw: &Keyword) -> Self {
+        let (mut mask, mut value) = (0u64, 0u64);
+        for (i, &b) in kw.bytes.iter().take(8).enumerate() {
+            let (m, v) = if kw.ci && b.is_ascii_alphabetic() {
+                (0xdf_u8, b.to_ascii_uppercase())
+            } else {
+                (0xff, b)
+            };
+            mask |= u64::from(m) << (8 * i);
+            value |= u64::from(v) << (8 * i);
+        }
+        Self {
+            keyword,
+            offset,
+            mask,
+            value,
+            long: kw.bytes.len() > 8,
+        }
+    }
+
+    /// Does the keyword occur at `buf[k..]`?
+    fn matches_at(&self, kw: &Keyword, buf: &[u8], k: usize) -> bool {
+        match buf.get(k..).and_then(<[u8]>::first_chunk::<8>) {
+            Some(w) => {
+                u64::from_le_bytes(*w) & self.mask == self.value
+                    && (!self.long
+                        || buf
+                            .get(k..k + kw.bytes.len())
+                            .is_some_and(|t| kw.matches(t)))
+            }
+            None => buf
+                .get(k..k + kw.bytes.len())
+                .is_some_and(|t| kw.matches(t)),
+        }
+    }
+}
+
+/// The keywords of one detector an anchor stands for whose ends lie at the
+/// same distance from the anchor (the 21 URL schemes all end with their
+/// `://`): the detector's [`Check`] of the bytes there runs once, before
+/// any of the keywords is compared.
+#[derive(Clone)]
+struct AnchorGroup {
+    /// From the anchor's start to the end of these keywords.
+    after: usize,
+    check: Check,
+    /// Run the check before comparing keywords: worth it for a group of
+    /// many (a URL's `://` stands for 21 schemes); a lone keyword is
+    /// compared first (one masked compare rejects most occurrences).
+    check_first: bool,
+    uses: Vec<AnchorUse>,
 }
 
 /// The searcher for the anchors.
@@ -276,7 +345,7 @@ struct Inner {
     keywords: Vec<Keyword>,
     scanner: Option<Scanner>,
     /// Per anchor pattern: the keywords it stands for.
-    anchors: Vec<Vec<AnchorUse>>,
+    anchors: Vec<Vec<AnchorGroup>>,
     /// Per byte value: the keywords starting with it (both cases when
     /// case-insensitive), for the partial-keyword check at a chunk's end.
     first_byte: Vec<Vec<usize>>,
@@ -395,7 +464,8 @@ fn anchor_offset(kw: &[u8], ci: bool, preferred: &[&str]) -> usize {
 fn build_scanner(
     keywords: &[Keyword],
     preferred: &[&[&str]],
-) -> Result<(Option<Scanner>, Vec<Vec<AnchorUse>>), Error> {
+    checks: &[Check],
+) -> Result<(Option<Scanner>, Vec<Vec<AnchorGroup>>), Error> {
     let mut ids: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut patterns: Vec<Vec<u8>> = Vec::new();
     let mut anchors: Vec<Vec<AnchorUse>> = Vec::new();
@@ -411,15 +481,12 @@ fn build_scanner(
                 anchors.len() - 1
             });
             if let Some(uses) = anchors.get_mut(id) {
-                uses.push(AnchorUse {
-                    keyword: ki,
-                    offset,
-                });
+                uses.push(AnchorUse::new(ki, offset, kw));
             }
         }
     }
     if patterns.is_empty() {
-        return Ok((None, anchors));
+        return Ok((None, Vec::new()));
     }
     // Teddy puts patterns with the same low nybbles (the case variants of
     // one anchor) in one bucket, choosing the bucket from the id of the
@@ -442,9 +509,41 @@ fn build_scanner(
         .iter()
         .filter_map(|&i| patterns.get(i).cloned())
         .collect();
-    let anchors: Vec<Vec<AnchorUse>> = order
+    let anchors: Vec<Vec<AnchorGroup>> = order
         .iter()
-        .filter_map(|&i| anchors.get(i).cloned())
+        .filter_map(|&i| anchors.get(i))
+        .map(|uses| {
+            let mut groups: Vec<(usize, AnchorGroup)> = Vec::new();
+            for u in uses {
+                let Some(kw) = keywords.get(u.keyword) else {
+                    continue;
+                };
+                let after = kw.bytes.len().saturating_sub(u.offset);
+                let check = checks.get(kw.detector).copied().unwrap_or(Check::None);
+                match groups
+                    .iter_mut()
+                    .find(|(d, g)| *d == kw.detector && g.after == after)
+                {
+                    Some((_, g)) => g.uses.push(*u),
+                    None => groups.push((
+                        kw.detector,
+                        AnchorGroup {
+                            after,
+                            check,
+                            check_first: false,
+                            uses: vec![*u],
+                        },
+                    )),
+                }
+            }
+            groups
+                .into_iter()
+                .map(|(_, mut g)| {
+                    g.check_first = g.check != Check::None && g.uses.len() > 2;
+                    g
+                })
+                .collect()
+        })
         .collect();
     // Teddy only when all anchors have the same length (see ANCHOR_LEN):
     // a leftmost scan could otherwise hide a shorter anchor at a position
@@ -503,8 +602,9 @@ impl Masker {
                 marker: format!("[MASKED:{}]", rule.name).into_bytes(),
                 name: Arc::from(rule.name.as_str()),
                 anchored: None,
-                capture: None,
-                relaxed_max: 0,
+                resolve: None,
+                check: Check::None,
+                shape: Shape::Regex,
                 word_start: false,
                 groups: regex.captures_len() > 1,
                 regex,
@@ -538,16 +638,10 @@ impl Masker {
                         source: Box::new(e),
                     })
             };
-            let (mut anchored, mut capture, mut relaxed_max) = (None, None, 0);
+            let mut anchored = None;
             if b.lead == 0 {
                 let body = b.regex.strip_prefix(r"\b").unwrap_or(b.regex);
                 anchored = Some(compile(&format!("^(?:{body})"))?);
-                if regex.captures_len() > 1
-                    && let Some((relaxed, max)) = relax_repetitions(body, RELAX_FROM)
-                {
-                    capture = Some(compile(&format!("^(?:{relaxed})"))?);
-                    relaxed_max = max;
-                }
             }
             let idx = detectors.len();
             for k in b.keywords {
@@ -566,8 +660,9 @@ impl Masker {
                 name: Arc::from(b.name),
                 marker: format!("[MASKED:{}]", b.name).into_bytes(),
                 anchored,
-                capture,
-                relaxed_max,
+                resolve: Some(b.groups),
+                check: b.check,
+                shape: b.shape,
                 word_start,
                 groups: regex.captures_len() > 1,
                 regex,
@@ -580,7 +675,8 @@ impl Masker {
                 generic: b.name == "password-assignment",
             });
         }
-        let (scanner, anchors) = build_scanner(&keywords, &preferred)?;
+        let checks: Vec<Check> = detectors.iter().map(|d| d.check).collect();
+        let (scanner, anchors) = build_scanner(&keywords, &preferred, &checks)?;
         let mut first_byte = vec![Vec::new(); 256];
         for (ki, kw) in keywords.iter().enumerate() {
             let Some(&c) = kw.bytes.first() else {
@@ -729,53 +825,6 @@ fn pem_body_byte(b: u8) -> bool {
 
 const PEM_END: &[u8] = b"-----END";
 
-/// Counted repetitions with an upper bound at least this large are
-/// unbounded in the capture regexes.
-const RELAX_FROM: usize = 64;
-
-/// `re` with every greedy counted repetition `{m,n}` where `n >= from`
-/// rewritten as `{m,}`, and the smallest such `n`; `None` when there is
-/// none. Only for the built-in patterns (they have no `\{` escapes).
-///
-/// Why the capture groups stay those of `re` on a match no longer than
-/// that smallest `n`: the paths of `re` are the paths of the relaxed regex
-/// whose repetition counts stay within bounds, in the same leftmost-first
-/// order (a greedy repetition prefers one more iteration in both). On a
-/// match of length L every count is at most L, so when L <= every relaxed
-/// bound, the relaxed regex's preferred path is one of `re`'s paths, hence
-/// `re`'s preferred path too: same match, same groups.
-fn relax_repetitions(re: &str, from: usize) -> Option<(String, usize)> {
-    let mut out = String::with_capacity(re.len());
-    let mut min_n = usize::MAX;
-    let mut rest = re;
-    while let Some(open) = rest.find('{') {
-        let (before, tail) = rest.split_at(open);
-        out.push_str(before);
-        let close = tail.find('}');
-        let counts = close.and_then(|c| tail.get(1..c));
-        let parsed = counts.and_then(|c| {
-            let (m, n) = c.split_once(',')?;
-            Some((m.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
-        });
-        let lazy = close
-            .and_then(|c| tail.get(c + 1..))
-            .is_some_and(|t| t.starts_with('?'));
-        match (close, parsed) {
-            (Some(c), Some((m, n))) if n >= from && !lazy => {
-                out.push_str(&format!("{{{m},}}"));
-                min_n = min_n.min(n);
-                rest = tail.get(c + 1..).unwrap_or_default();
-            }
-            _ => {
-                out.push('{');
-                rest = tail.get(1..).unwrap_or_default();
-            }
-        }
-    }
-    out.push_str(rest);
-    (min_n != usize::MAX).then_some((out, min_n))
-}
-
 /// A byte `\b` counts as part of a word (ASCII: the built-ins are compiled
 /// without Unicode).
 fn is_word_byte(b: u8) -> bool {
@@ -844,14 +893,23 @@ impl Inner {
         &'a self,
         buf: &[u8],
         triggered: &[bool],
+        hits: &[Vec<usize>],
         f: Found,
         generic: &'a Detector,
         locs: &mut [Option<CaptureLocations>],
     ) -> &'a Detector {
         let hay = buf.get(..f.mask_end).unwrap_or_default();
-        for ((d, t), l) in self.detectors.iter().zip(triggered).zip(locs) {
+        for (((d, t), l), h) in self.detectors.iter().zip(triggered).zip(locs).zip(hits) {
             if d.generic || d.kind != Kind::Plain || !*t {
                 continue;
+            }
+            // A built-in's match at the value's start holds one of its
+            // keywords within `lead` bytes of it: without one, no regex.
+            if d.windowed {
+                let first = h.partition_point(|&k| k < f.mask_start);
+                if h.get(first).is_none_or(|&k| k > f.mask_start + d.lead) {
+                    continue;
+                }
             }
             let found = match &d.anchored {
                 Some(re) => Self::find_anchored(d, re, hay, f.mask_start, hay.len(), l),
@@ -889,7 +947,11 @@ impl Inner {
                 continue;
             }
             let (mut ms, mut me) = (m.start(), m.end());
-            if d.groups {
+            if d.groups
+                && let Some((s, e)) = d.resolve.and_then(|g| g.span(hay.get(m.start()..m.end())?))
+            {
+                (ms, me) = (m.start() + s, m.start() + e);
+            } else if d.groups {
                 // Resolve groups on the match plus the few bytes before it
                 // that a look-behind (`\b`, `(?m)^`, a Unicode `\b` decoding
                 // one UTF-8 char) can see: the engines that track groups
@@ -932,50 +994,39 @@ impl Inner {
             return None; // the leading `\b` fails
         }
         let hay = buf.get(k..end)?;
-        let m = re.find(hay)?;
-        if m.start() != 0 || m.is_empty() {
+        let len = if d.shape == Shape::Regex {
+            let m = re.find(hay)?;
+            if m.start() != 0 {
+                return None;
+            }
+            m.end()
+        } else {
+            d.shape.len(hay)?
+        };
+        if len == 0 {
             return None;
         }
-        let (mut ms, mut me) = (m.start(), m.end());
+        let (mut ms, mut me) = (0, len);
         if d.groups {
-            let span = hay.get(..m.end())?;
-            let mut fresh;
-            let locs = match &d.capture {
-                Some(cre) if m.end() <= d.relaxed_max => {
-                    let locs = locs.get_or_insert_with(|| cre.capture_locations());
-                    if cre.captures_read(locs, span).is_some() && locs.get(0) == Some((0, m.end()))
-                    {
-                        locs
-                    } else {
-                        fresh = re.capture_locations();
-                        re.captures_read(&mut fresh, span);
-                        &mut fresh
-                    }
-                }
-                Some(_) => {
-                    // Too long for the relaxed regex to be trusted.
-                    fresh = re.capture_locations();
-                    re.captures_read(&mut fresh, span);
-                    &mut fresh
-                }
-                None => {
-                    let locs = locs.get_or_insert_with(|| re.capture_locations());
-                    re.captures_read(locs, span);
-                    locs
-                }
-            };
-            if locs.get(0).is_some() {
-                for g in 1..locs.len() {
-                    if let Some((s, e)) = locs.get(g) {
-                        (ms, me) = (s, e);
-                        break;
+            let span = hay.get(..len)?;
+            if let Some((s, e)) = d.resolve.and_then(|g| g.span(span)) {
+                (ms, me) = (s, e);
+            } else {
+                let locs = locs.get_or_insert_with(|| re.capture_locations());
+                re.captures_read(locs, span);
+                if locs.get(0).is_some() {
+                    for g in 1..locs.len() {
+                        if let Some((s, e)) = locs.get(g) {
+                            (ms, me) = (s, e);
+                            break;
+                        }
                     }
                 }
             }
         }
         Some(Found {
             start: k,
-            end: k + m.end(),
+            end: k + len,
             mask_start: k + ms,
             mask_end: k + me,
         })
@@ -1076,36 +1127,49 @@ impl Inner {
         };
         let pending = buf.get(ctx..).unwrap_or_default();
         let mut on_anchor = |pattern: usize, at: usize| {
-            let Some(uses) = self.anchors.get(pattern) else {
+            let Some(groups) = self.anchors.get(pattern) else {
                 return;
             };
-            for u in uses {
-                let Some(kw) = self.keywords.get(u.keyword) else {
-                    continue;
+            let at = ctx + at;
+            for g in groups {
+                // A keyword whose match cannot exist triggers nothing and
+                // holds nothing back (`secrets are not printed`, a URL
+                // without `user:pw@`): tested once for the whole group,
+                // before any keyword is compared.
+                let rejected = || {
+                    let after = buf.get(at + g.after..).unwrap_or_default();
+                    g.check.verdict(after, last) == Verdict::Reject
                 };
-                // Keywords start in the pending bytes (as the whole-text
-                // scan sees them): a keyword cut by an earlier read was
-                // held back whole, unless a flush released it.
-                let Some(k) = (ctx + at).checked_sub(u.offset).filter(|&k| k >= ctx) else {
-                    continue;
-                };
-                let Some(text) = buf.get(k..k + kw.bytes.len()) else {
-                    continue;
-                };
-                // Most keywords sharing an anchor (21 URL schemes share
-                // `://`) differ in their first byte: test it before the
-                // whole keyword.
-                if text.first().map(u8::to_ascii_lowercase)
-                    != kw.bytes.first().map(u8::to_ascii_lowercase)
-                    || !kw.matches(text)
-                {
+                if g.check_first && rejected() {
                     continue;
                 }
-                if let Some(h) = hits.get_mut(kw.detector) {
-                    h.push(k);
-                }
-                if !last {
-                    self.hold_for(buf, ctx, k, kw, hold);
+                let mut checked = g.check_first || g.check == Check::None;
+                for u in &g.uses {
+                    // Keywords start in the pending bytes (as the
+                    // whole-text scan sees them): a keyword cut by an
+                    // earlier read was held back whole, unless a flush
+                    // released it.
+                    let Some(k) = at.checked_sub(u.offset).filter(|&k| k >= ctx) else {
+                        continue;
+                    };
+                    let Some(kw) = self.keywords.get(u.keyword) else {
+                        continue;
+                    };
+                    if !u.matches_at(kw, buf, k) {
+                        continue;
+                    }
+                    if !checked {
+                        if rejected() {
+                            break;
+                        }
+                        checked = true;
+                    }
+                    if let Some(h) = hits.get_mut(kw.detector) {
+                        h.push(k);
+                    }
+                    if !last {
+                        self.hold_for(buf, ctx, k, kw, hold);
+                    }
                 }
             }
         };
@@ -1294,7 +1358,7 @@ impl StreamMasker {
                 break;
             };
             if d.generic {
-                d = inner.specific_name(buf, &sc.triggered, f, d, &mut sc.locs);
+                d = inner.specific_name(buf, &sc.triggered, &sc.hits, f, d, &mut sc.locs);
             }
             out.bytes
                 .extend_from_slice(buf.get(p..f.mask_start).unwrap_or_default());

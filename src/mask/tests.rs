@@ -9,6 +9,13 @@ fn masker() -> Masker {
     Masker::builtin().unwrap()
 }
 
+/// One built-in masker for the property tests (compiling the regexes for
+/// each of hundreds of cases dominated their run time).
+fn shared_masker() -> &'static Masker {
+    static M: std::sync::OnceLock<Masker> = std::sync::OnceLock::new();
+    M.get_or_init(masker)
+}
+
 fn masked(text: &str) -> String {
     String::from_utf8_lossy(&masker().mask(text.as_bytes()).bytes).into_owned()
 }
@@ -373,6 +380,13 @@ fn noise_strategy() -> impl Strategy<Value = Vec<u8>> {
             b"https://".to_vec(),
             b"AKIA".to_vec(),
             b"\x1b[0m".to_vec(),
+            b"_token".to_vec(),
+            b"-Secret\"".to_vec(),
+            b"    ".to_vec(),
+            b"secret_access_key".to_vec(),
+            b"authorization:".to_vec(),
+            b"mysql://u".to_vec(),
+            b"\"private_key\"".to_vec(),
         ]),
     ]
 }
@@ -392,7 +406,7 @@ proptest! {
         cuts in proptest::collection::vec(1usize..64, 1..200),
     ) {
         let text: Vec<u8> = parts.concat();
-        let m = masker();
+        let m = shared_masker();
         let whole = m.mask(&text);
         let mut s = m.stream();
         let mut out = Masked::default();
@@ -422,7 +436,7 @@ proptest! {
         input.extend_from_slice(text.as_bytes());
         input.extend_from_slice(b" \n");
         input.extend(noise.concat());
-        let out = masker().mask(&input).bytes;
+        let out = shared_masker().mask(&input).bytes;
         prop_assert!(
             !out.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "{} leaked in {:?}", det, String::from_utf8_lossy(&out)
@@ -503,12 +517,31 @@ fn every_policy_detector_family_compiles_to_builtins() {
 // must lose no detection. The reference below is the plain algorithm with
 // neither: every detector's regex over the whole text, leftmost match first.
 
+/// First match of `d` at or after `from` and its first participating group,
+/// straight from the regex (no anchors, checks, windows or hand groups).
+fn reference_find(d: &Detector, hay: &[u8], from: usize) -> Option<Found> {
+    let mut at = from;
+    while at <= hay.len() {
+        let c = d.regex.captures_at(hay, at)?;
+        let m = c.get(0)?;
+        if m.is_empty() {
+            at = m.start() + 1;
+            continue;
+        }
+        let g = (1..c.len()).find_map(|i| c.get(i)).unwrap_or(m);
+        return Some(Found {
+            start: m.start(),
+            end: m.end(),
+            mask_start: g.start(),
+            mask_end: g.end(),
+        });
+    }
+    None
+}
+
 /// Mask `text` at once the slow, obvious way: no anchors, no windows.
 fn reference_mask(m: &Masker, text: &[u8]) -> Masked {
     let inner = &m.inner;
-    let n = inner.detectors.len();
-    let mut locs: Vec<Option<CaptureLocations>> = vec![None; n];
-    let all = vec![true; n];
     let mut out = Masked::default();
     let mut p = 0;
     let mut in_pem = false;
@@ -522,7 +555,7 @@ fn reference_mask(m: &Masker, text: &[u8]) -> Masked {
         }
         let mut best: Option<(usize, Found)> = None;
         for (i, d) in inner.detectors.iter().enumerate() {
-            if let Some(f) = inner.find(d, text, p, &mut locs[i])
+            if let Some(f) = reference_find(d, text, p)
                 && best.as_ref().is_none_or(|(_, b)| f.start < b.start)
             {
                 best = Some((i, f));
@@ -531,7 +564,16 @@ fn reference_mask(m: &Masker, text: &[u8]) -> Masked {
         let Some((di, f)) = best else { break };
         let mut d = &inner.detectors[di];
         if d.generic {
-            d = inner.specific_name(text, &all, f, d, &mut locs);
+            // The specific detector whose whole match is the value.
+            let hay = &text[..f.mask_end];
+            if let Some(s) = inner.detectors.iter().find(|s| {
+                !s.generic
+                    && s.kind == Kind::Plain
+                    && reference_find(s, hay, f.mask_start)
+                        .is_some_and(|g| g.start == f.mask_start && g.end == f.mask_end)
+            }) {
+                d = s;
+            }
         }
         out.bytes.extend_from_slice(&text[p..f.mask_start]);
         out.bytes.extend_from_slice(&d.marker);
@@ -828,37 +870,249 @@ proptest! {
         at in 0usize..2000,
     ) {
         let text: Vec<u8> = parts.concat();
-        let m = masker();
+        let m = shared_masker();
         let whole = m.mask(&text);
-        prop_assert_eq!(&whole, &reference_mask(&m, &text));
+        prop_assert_eq!(&whole, &reference_mask(m, &text));
         let at = at.min(text.len());
-        prop_assert_eq!(&stream_in_two(&m, &text, at), &whole);
+        prop_assert_eq!(&stream_in_two(m, &text, at), &whole);
+    }
+}
+
+/// Texts shaped like the detectors with groups: every separator, quote
+/// and blank count around the limits, keyword suffixes, case variants.
+fn group_texts() -> Vec<String> {
+    let mut out = Vec::new();
+    for key in [
+        "PASSWD",
+        "Secret",
+        "token",
+        "Api-Key",
+        "passwordsecret_token",
+        "secrets",
+        "X_AUTH_KEY",
+    ] {
+        for suffix in ["", "_id", "-VALUE", "token", "_tok"] {
+            for quote in ["", "\"", "'"] {
+                for blanks in ["", "\t ", "     "] {
+                    for sep in ["=", ":", " "] {
+                        for value in ["hunter2", "\"a b\"", "'c\"d'", "x=y:z", "$HOME"] {
+                            out.push(format!(
+                                "{key}{suffix}{quote}{blanks}{sep}{blanks}{value} ;"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for auth in ["Authorization", "AUTHORIZATION", "authorization_key"] {
+        for blanks in ["", " ", "    ", "     "] {
+            for scheme in ["Bearer", "basic", "Token", "none"] {
+                for v in ["abcdefgh", "abcdefg", "a\"bcdefghij", &"t".repeat(600)] {
+                    out.push(format!("{auth}{blanks}:{blanks}{scheme} {v}\n"));
+                    out.push(format!("{auth}{blanks}:{blanks}{scheme}\t\t{v}\n"));
+                }
+            }
+        }
+    }
+    for scheme in [
+        "postgres",
+        "POSTGRESQL",
+        "mongodb+srv",
+        "Redis",
+        "https",
+        "http",
+        "git",
+    ] {
+        for user in ["u", "app", "", "a:b", "u/x", &"u".repeat(129)] {
+            for pw in ["p", "s3:cr@t", "", "p w", "a/b", &"p".repeat(257)] {
+                out.push(format!("{scheme}://{user}:{pw}@host:5432/db\n"));
+            }
+        }
+        out.push(format!("{scheme}://localhost:8080/x@y\n"));
+    }
+    for name in [
+        "aws_secret_access_key",
+        "AWS-SECRET-ACCESS-KEY",
+        "SecretAccessKey",
+        "aws_secret_access_keys",
+    ] {
+        for q in ["", "\"", "'"] {
+            for blanks in ["", "\t", "    ", "     "] {
+                for tail in ["", "\n", "=", "a", "\"", "/"] {
+                    out.push(format!(
+                        "{name}{q}{blanks}={blanks}{q}wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY{tail}"
+                    ));
+                }
+            }
+        }
+    }
+    for blanks in ["", " ", "    ", "     "] {
+        for body in [
+            "-----BEGIN PRIVATE KEY-----\\nMIIE",
+            "-----BEGIN",
+            "----BEGIN x",
+        ] {
+            out.push(format!("{{\"private_key\"{blanks}:{blanks}\"{body}\"}}"));
+        }
+    }
+    out
+}
+
+#[test]
+fn hand_groups_equal_the_regex_groups() {
+    // `Groups::span` reads the masked value off a match by hand; it must
+    // be the regex's first participating group on every match.
+    let m = masker();
+    let mut compared = 0;
+    for text in group_texts() {
+        for d in m.inner.detectors.iter().filter(|d| d.groups) {
+            let Some(groups) = d.resolve else { continue };
+            let mut at = 0;
+            while let Some(c) = d.regex.captures_at(text.as_bytes(), at) {
+                let whole = c.get(0).unwrap();
+                let g = (1..c.len()).find_map(|i| c.get(i)).unwrap();
+                let span = groups.span(whole.as_bytes());
+                assert_eq!(
+                    span,
+                    Some((g.start() - whole.start(), g.end() - whole.start())),
+                    "{}: {text:?}",
+                    d.name
+                );
+                compared += 1;
+                at = whole.end().max(at + 1);
+            }
+        }
+    }
+    // The texts must really exercise every detector with groups.
+    assert!(compared > 1000, "{compared}");
+}
+
+#[test]
+fn checks_never_reject_a_keyword_a_match_contains() {
+    // `Check::verdict` runs before any regex; a `Reject` for a keyword that
+    // some match contains would lose the secret. Every keyword occurrence
+    // inside a regex match must get `Maybe`, whole or cut anywhere after it.
+    let m = masker();
+    let inner = &m.inner;
+    let mut kept = 0;
+    let mut rejected = 0;
+    for text in group_texts() {
+        let t = text.as_bytes();
+        for kw in &inner.keywords {
+            let d = &inner.detectors[kw.detector];
+            for k in 0..t.len() {
+                let Some(w) = t.get(k..k + kw.bytes.len()) else {
+                    break;
+                };
+                if !kw.matches(w) {
+                    continue;
+                }
+                let after = &t[k + kw.bytes.len()..];
+                let from = k.saturating_sub(d.lead);
+                let in_match = (from..=k).any(|s| {
+                    reference_find(d, t, s)
+                        .is_some_and(|f| f.start == s && f.start <= k && k < f.end)
+                });
+                let v = d.check.verdict(after, true);
+                if in_match {
+                    assert_eq!(v, Verdict::Maybe, "{}: {text:?} at {k}", d.name);
+                    kept += 1;
+                    for cut in 0..after.len() {
+                        assert_eq!(
+                            d.check.verdict(&after[..cut], false),
+                            Verdict::Maybe,
+                            "{}: {text:?} at {k} cut {cut}",
+                            d.name
+                        );
+                    }
+                } else if v == Verdict::Reject {
+                    rejected += 1;
+                }
+            }
+        }
+    }
+    // Both sides must be exercised: real keywords kept, others rejected.
+    assert!(
+        kept > 1000 && rejected > 1000,
+        "kept {kept} rejected {rejected}"
+    );
+}
+
+#[test]
+fn every_builtin_with_groups_reads_them_by_hand() {
+    for b in BUILTINS {
+        let re = regex::bytes::Regex::new(b.regex).unwrap();
+        assert_eq!(
+            re.captures_len() > 1,
+            b.groups != Groups::None,
+            "{}",
+            b.name
+        );
     }
 }
 
 #[test]
-fn relaxed_repetitions() {
-    assert_eq!(
-        relax_repetitions(r"a{1,256}b{0,4}c{2,64}?d{8,512}[{}]", 64),
-        Some((r"a{1,}b{0,4}c{2,64}?d{8,}[{}]".to_string(), 256))
-    );
-    assert_eq!(relax_repetitions(r"x{0,4}[(){}]", 64), None);
-    // Every built-in with capture groups gets a capture regex that
-    // compiles, and masks exactly as the original (the samples and the
-    // proptest against `reference_mask` check the groups).
+fn near_keywords_are_rejected_by_the_check() {
     let m = masker();
-    for d in &m.inner.detectors {
-        if d.groups && d.anchored.is_some() && d.regex.as_str().contains(",256}") {
-            assert!(d.capture.is_some(), "{}", d.name);
-            assert!(d.relaxed_max >= RELAX_FROM, "{}", d.name);
+    let pw = m.inner.detectors.iter().find(|d| d.generic).unwrap();
+    let conn = m
+        .inner
+        .detectors
+        .iter()
+        .find(|d| &*d.name == "connection-string-password")
+        .unwrap();
+    for after in [
+        "s are not printed",
+        " for alice from 10.0.0.5",
+        "_tok=1 and more",
+        "     =x and more",
+    ] {
+        assert_eq!(
+            pw.check.verdict(after.as_bytes(), false),
+            Verdict::Reject,
+            "{after:?}"
+        );
+    }
+    for after in ["=x", "_ID: y", "-secret\"    = z", "token:", "'\t:"] {
+        assert_eq!(
+            pw.check.verdict(after.as_bytes(), true),
+            Verdict::Maybe,
+            "{after:?}"
+        );
+    }
+    for after in ["github.com/x", "localhost:8080/x@y", "u:p w@h", ":p@h"] {
+        assert_eq!(
+            conn.check.verdict(after.as_bytes(), false),
+            Verdict::Reject,
+            "{after:?}"
+        );
+    }
+    assert_eq!(conn.check.verdict(b"app:pw@db", true), Verdict::Maybe);
+    // Cut before the decision: wait for more, unless nothing more comes.
+    assert_eq!(conn.check.verdict(b"app:p", false), Verdict::Maybe);
+    assert_eq!(conn.check.verdict(b"app:p", true), Verdict::Reject);
+    assert_eq!(pw.check.verdict(b" ", false), Verdict::Maybe);
+    assert_eq!(pw.check.verdict(b" ", true), Verdict::Reject);
+}
+
+#[test]
+fn group_texts_mask_as_the_plain_algorithm() {
+    let m = masker();
+    for text in group_texts() {
+        let t = text.as_bytes();
+        let whole = m.mask(t);
+        assert_eq!(whole, reference_mask(&m, t), "{text:?}");
+        for at in [1, t.len() / 3, t.len() / 2, t.len() - 2] {
+            assert_eq!(stream_in_two(&m, t, at), whole, "{text:?} at {at}");
         }
     }
 }
 
 #[test]
 fn values_at_the_relaxed_bound_mask_as_the_plain_algorithm() {
-    // Around the smallest relaxed bound the capture regex is trusted or
-    // not: both sides must give the original groups.
+    // Values around the regex's counted bounds: the hand-read groups must
+    // be the regex's.
     let m = masker();
     for n in [200, 240, 243, 244, 245, 246, 250, 255, 256, 257, 300] {
         for text in [
@@ -876,5 +1130,142 @@ fn values_at_the_relaxed_bound_mask_as_the_plain_algorithm() {
                 "{n}"
             );
         }
+    }
+}
+
+fn shape_text() -> impl Strategy<Value = Vec<u8>> {
+    // Keyword starts, then bytes of the classes the shapes count (runs of
+    // every length around their bounds), dots, blanks and dashes.
+    let starts: Vec<Vec<u8>> = [
+        "AKIA",
+        "ASIA",
+        "ABIA",
+        "ACCA",
+        "A3T",
+        "A3Tx",
+        "AKI",
+        "ghp_",
+        "gho_",
+        "ghx_",
+        "github_pat_",
+        "glpat-",
+        "xoxb-",
+        "xoxz-",
+        "sk_live_",
+        "rk_test_",
+        "sk_prod_",
+        "AIza",
+        "eyJ",
+        "-----BEGIN",
+        "-----BEGIN RSA ",
+        "-----BEGIN PRIVATE KEY BLOCK",
+        "password",
+        "PASSWD",
+        "passphrase",
+        "Secret",
+        "token",
+        "api_key",
+        "ApiKey",
+        "api-key",
+        "access-key",
+        "auth_key",
+        "PrivateKey",
+        "private_key",
+        "secret_",
+        "token-Id",
+        "password_value",
+        "passwordsecret",
+        "Authorization",
+        "authorization_key",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let piece = prop_oneof![
+        proptest::collection::vec(proptest::sample::select(b"aZ09_-./ +=Q".to_vec()), 0..12),
+        (1usize..300, proptest::sample::select(b"aZ9_-".to_vec())).prop_map(|(n, b)| vec![b; n]),
+        (0usize..4200, proptest::sample::select(b"aZ9_-".to_vec())).prop_map(|(n, b)| vec![b; n]),
+        proptest::collection::vec(proptest::sample::select(b"=: \t\"'$;,(\r\n".to_vec()), 0..7),
+        proptest::sample::select(vec![
+            b"Bearer ".to_vec(),
+            b"basic\t".to_vec(),
+            b"_TOKEN".to_vec(),
+            b"-id".to_vec(),
+            b".eyJ".to_vec(),
+            b"PRIVATE KEY".to_vec(),
+            b"-----".to_vec(),
+            b" BLOCK".to_vec(),
+            b"ABCDEFGHIJKLMNOP".to_vec(),
+        ]),
+    ];
+    (
+        proptest::sample::select(starts),
+        proptest::collection::vec(piece, 0..6),
+    )
+        .prop_map(|(s, rest)| [s, rest.concat()].concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Every hand matcher is its detector's anchored regex: same match
+    /// length, or no match, on the same bytes (cut anywhere too).
+    #[test]
+    fn shapes_equal_their_anchored_regexes(text in shape_text(), cut in 0usize..5000) {
+        let m = shared_masker();
+        let cut = cut.min(text.len());
+        for hay in [&text[..], &text[..cut]] {
+            for d in m.inner.detectors.iter().filter(|d| d.shape != Shape::Regex) {
+                let re = d.anchored.as_ref().unwrap();
+                let want = re.find(hay).filter(|m| m.start() == 0 && !m.is_empty()).map(|m| m.end());
+                prop_assert_eq!(d.shape.len(hay), want, "{}", d.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn shapes_match_their_samples_and_bounds() {
+    let m = masker();
+    let shape = |name: &str| {
+        m.inner
+            .detectors
+            .iter()
+            .find(|d| &*d.name == name)
+            .unwrap()
+            .shape
+    };
+    assert_eq!(
+        shape("aws-access-key-id").len(b"AKIAIOSFODNN7EXAMPLE "),
+        Some(20)
+    );
+    assert_eq!(
+        shape("aws-access-key-id").len(b"AKIAIOSFODNN7EXAMPLEX"),
+        None
+    );
+    assert_eq!(shape("github-token").len(GH.as_bytes()), Some(GH.len()));
+    assert_eq!(shape("github-token").len(&GH.as_bytes()[..39]), None);
+    let jwt = JWT.as_bytes();
+    assert_eq!(shape("jwt").len(jwt), Some(jwt.len()));
+    assert_eq!(
+        shape("private-key").len(b"-----BEGIN RSA PRIVATE KEY-----\n"),
+        Some(31)
+    );
+    assert_eq!(
+        shape("private-key").len(b"-----BEGIN PRIVATE KEY BLOCK-----"),
+        Some(33)
+    );
+    assert_eq!(
+        shape("private-key").len(b"-----BEGIN PUBLIC KEY-----"),
+        None
+    );
+    // Every fixed-shape detector has its matcher; the others use the DFA.
+    for d in &m.inner.detectors {
+        assert_eq!(
+            d.shape == Shape::Regex,
+            d.groups && !d.generic || d.name.contains("webhook"),
+            "{}",
+            d.name
+        );
     }
 }
