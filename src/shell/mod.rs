@@ -13,6 +13,7 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
 
@@ -258,8 +259,34 @@ impl Exit {
 
 /// A child under a pty.
 pub struct PtyChild {
-    master: Box<dyn MasterPty + Send>,
+    master: Arc<Mutex<Box<dyn MasterPty + Send>>>,
     pid: Option<u32>,
+}
+
+/// Reads whether the pty echoes typed keys (its termios `ECHO` flag), from
+/// any task: a program that switched echo off (`read -s`, a password
+/// prompt) is being typed a secret.
+#[derive(Clone)]
+pub struct EchoProbe(Arc<Mutex<Box<dyn MasterPty + Send>>>);
+
+impl std::fmt::Debug for EchoProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EchoProbe").finish_non_exhaustive()
+    }
+}
+
+impl EchoProbe {
+    /// `Some(true)` when typed keys are echoed; `None` when the terminal
+    /// settings cannot be read (the pty is gone).
+    pub fn echo_on(&self) -> Option<bool> {
+        let m = match self.0.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.get_termios()
+            // portable-pty's nix is another version: compare the raw bits.
+            .map(|t| t.local_flags.bits() & nix::sys::termios::LocalFlags::ECHO.bits() != 0)
+    }
 }
 
 impl std::fmt::Debug for PtyChild {
@@ -339,7 +366,7 @@ pub fn spawn_pty(spec: &Spec, cols: u32, rows: u32) -> Result<(PtyChild, PtyIo),
     });
     Ok((
         PtyChild {
-            master: pair.master,
+            master: Arc::new(Mutex::new(pair.master)),
             pid,
         },
         PtyIo {
@@ -355,10 +382,18 @@ impl PtyChild {
         self.pid
     }
 
+    /// A probe of the terminal's echo setting, usable from other tasks.
+    pub fn echo_probe(&self) -> EchoProbe {
+        EchoProbe(Arc::clone(&self.master))
+    }
+
     /// Resize the terminal (the child gets SIGWINCH).
     pub fn resize(&self, cols: u32, rows: u32) -> Result<(), Error> {
-        self.master
-            .resize(pty_size(cols, rows))
+        let m = match self.master.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.resize(pty_size(cols, rows))
             .map_err(|e| Error::Pty(e.to_string()))
     }
 }

@@ -70,6 +70,8 @@ pub struct LineShared {
     fed: watch::Sender<u64>,
     /// The shell's pid: tells whether the shell itself holds the terminal.
     shell_pid: Option<u32>,
+    /// The terminal's echo setting (keys typed with echo off are secrets).
+    echo: Option<crate::shell::EchoProbe>,
 }
 
 impl std::fmt::Debug for LineShared {
@@ -79,12 +81,27 @@ impl std::fmt::Debug for LineShared {
 }
 
 impl LineShared {
-    pub fn new(rows: u16, cols: u16, shell_pid: Option<u32>) -> Arc<Self> {
+    pub fn new(
+        rows: u16,
+        cols: u16,
+        shell_pid: Option<u32>,
+        echo: Option<crate::shell::EchoProbe>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             tracker: Mutex::new(LineTracker::new(rows, cols)),
             fed: watch::channel(0).0,
             shell_pid,
+            echo,
         })
+    }
+
+    /// Whether the terminal echoes typed keys; unknown counts as no (the
+    /// careful answer when deciding whether typed text may be logged).
+    fn echo_on(&self) -> bool {
+        self.echo
+            .as_ref()
+            .and_then(|e| e.echo_on())
+            .unwrap_or(false)
     }
 
     /// Whether the shell itself is the terminal's foreground process group
@@ -603,6 +620,11 @@ impl Run<'_, '_> {
             };
             at_prompt = self.wait_screen(limit, |t| t.at_prompt()).await;
         }
+        // The shell held the terminal yet drew no prompt in time (a loaded
+        // machine, or a builtin such as `read` reading the line): the line
+        // is most likely its next command, so it is audited all the same —
+        // unless echo is off, when the keys are a secret being typed.
+        let front_no_prompt = shell_in_front && !at_prompt && g.line.echo_on();
         let synced = self.settle().await;
         let mut sub: Submitted = self.g.line.with(|t| t.line());
         if !synced && !sub.is_unsure() {
@@ -619,11 +641,17 @@ impl Run<'_, '_> {
             }
         }
         let reason = g.mask.mask_text(&d.reason);
-        let how = match &sub.certainty {
+        let mut how = match &sub.certainty {
             Certainty::Screen => "read from the screen".to_string(),
             Certainty::Typed => "reconstructed from typed keys".to_string(),
             Certainty::Unsure(why) => format!("unsure: {}", g.mask.mask_text(why)),
         };
+        if front_no_prompt {
+            how.push_str(&format!(
+                "; typed while the shell held the terminal, no prompt within {}s",
+                SYNC_WAIT.as_secs()
+            ));
+        }
         tracing::debug!(line = %shown, how = %how, at_prompt, verdict = ?d.verdict, "line checked");
         match d.verdict {
             Verdict::Deny => {
@@ -649,7 +677,7 @@ impl Run<'_, '_> {
                 self.g.line.with(|t| t.submitted());
                 // Keys typed into a running program (a password prompt,
                 // `read`) are not commands: not kept in the audit log.
-                if at_prompt || !self.g.line.with(|t| t.has_marks()) {
+                if at_prompt || front_no_prompt || !self.g.line.with(|t| t.has_marks()) {
                     if !sub.line.trim().is_empty() {
                         self.audit(
                             "command-allowed",

@@ -851,11 +851,16 @@ impl Launch {
             Child::Pty((master, _)) => master.pid(),
             Child::Pipes(_) => None,
         };
+        let echo = match &child {
+            Child::Pty((master, _)) => Some(master.echo_probe()),
+            Child::Pipes(_) => None,
+        };
         let line = guarded.then(|| {
             LineShared::new(
                 rows.clamp(1, u16::MAX as u32) as u16,
                 cols.clamp(1, u16::MAX as u32) as u16,
                 shell_pid,
+                echo,
             )
         });
         let guard = line.as_ref().map(|l| LineGuard {

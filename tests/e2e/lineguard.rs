@@ -430,3 +430,46 @@ fn closing_the_client_while_a_line_waits_withdraws_the_request() {
         .failure();
     assert!(!f.exists());
 }
+
+#[test]
+fn a_line_typed_while_the_shell_waits_without_a_prompt_is_audited_but_not_a_secret() {
+    // `wait` is a builtin: the shell itself holds the terminal for 12 s
+    // and draws no prompt. A line typed meanwhile is the shell's next
+    // command (it runs once `wait` returns); the guard waits 5 s for a
+    // prompt, then lets it through — and it must still be audited, since
+    // nothing may run unrecorded. With echo off (`read -s`, a builtin too)
+    // the typed keys are a secret and must not reach the audit log.
+    let s = start(false);
+    let dir = scratch(&s);
+    let tmux = shell(&s);
+    let ahead = dir.join("typed-ahead");
+    tmux.line("sleep 12 & wait");
+    tmux.line(&format!("touch {}", ahead.display()));
+    wait_for(Duration::from_secs(60), || ahead.exists().then_some(()))
+        .unwrap_or_else(|| panic!("the typed-ahead line never ran\n{}", s.log()));
+    ready(&s, &tmux, "after-wait");
+
+    tmux.line("read -s -t 20 v; echo got-${#v}");
+    // The prompt of `read` draws nothing; give the builtin a moment to
+    // switch echo off before typing.
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.line("hunter2-secret");
+    wait_shown(&s, &tmux, "got-14", 1);
+    ready(&s, &tmux, "after-read");
+
+    let sess = finish(&s, &tmux);
+    let id = sess["id"].as_str().unwrap();
+    let rows = db(
+        &s,
+        &format!("SELECT kind, detail, reason FROM events WHERE session_id = '{id}' ORDER BY id"),
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[0] == "command-allowed" && r[1] == format!("touch {}", ahead.display())),
+        "the typed-ahead line ran without an audit row: {rows:?}"
+    );
+    assert!(
+        !rows.iter().any(|r| r.iter().any(|c| c.contains("hunter2"))),
+        "keys typed with echo off reached the audit log: {rows:?}"
+    );
+}
