@@ -604,7 +604,13 @@ async fn handle(ctx: KubeProxyContext, mut req: Request<Incoming>) -> Response<P
                         timeout: ctx.approval_timeout,
                     };
                     info!(session = %ctx.session_id, %what, "kube request waiting for approval");
-                    match tokio::time::timeout(ctx.approval_timeout, a.request(ask)).await {
+                    // The approver expires the request itself at
+                    // `approval_timeout` (status `expired`); this outer
+                    // limit is only a backstop. Were it equal, it could fire
+                    // first (it starts before the request row is written)
+                    // and the request would read `withdrawn`.
+                    let backstop = ctx.approval_timeout + Duration::from_secs(10);
+                    match tokio::time::timeout(backstop, a.request(ask)).await {
                         Ok(Ok(true)) => Ok(()),
                         Ok(Ok(false)) => Err("not approved".to_string()),
                         Ok(Err(e)) => Err(e.to_string()),
