@@ -216,11 +216,13 @@ const BATCH_MAX: usize = 4 * BUF_SIZE;
 const BATCH_SLICES: usize = 64;
 
 /// The next data from the channel, or `None` at EOF/close. Messages that
-/// are not data (window adjusts, requests the handler answers) are skipped.
+/// are not data (window adjusts, requests the handler answers) are skipped,
+/// and so is empty data (legal in SSH; a write of nothing would read as a
+/// target that accepts no bytes).
 async fn next_data(rx: &mut ChannelReadHalf) -> Option<Bytes> {
     loop {
         match rx.wait().await? {
-            ChannelMsg::Data { data } => return Some(data),
+            ChannelMsg::Data { data } if !data.is_empty() => return Some(data),
             ChannelMsg::Eof | ChannelMsg::Close => return None,
             _ => {}
         }
@@ -248,7 +250,7 @@ where
         // `recv` is cancel-safe: polling it once without waiting loses nothing.
         while size < BATCH_MAX && batch.len() < BATCH_SLICES {
             match rx.wait().now_or_never() {
-                Some(Some(ChannelMsg::Data { data })) => {
+                Some(Some(ChannelMsg::Data { data })) if !data.is_empty() => {
                     size += data.len();
                     batch.push_back(data);
                 }
@@ -271,15 +273,21 @@ where
 }
 
 /// Write every buffer of `batch` (vectored where the writer supports it),
-/// emptying it.
+/// emptying it. The buffers must not be empty (a write of nothing reads as
+/// a writer that takes no more).
 async fn write_batch<W: AsyncWrite + Unpin>(
     to: &mut W,
     batch: &mut VecDeque<Bytes>,
 ) -> std::io::Result<()> {
     while !batch.is_empty() {
         let n = {
-            let slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
-            to.write_vectored(&slices).await?
+            let mut slices = [IoSlice::new(&[]); BATCH_SLICES];
+            for (slice, b) in slices.iter_mut().zip(batch.iter()) {
+                *slice = IoSlice::new(b);
+            }
+            let used = batch.len().min(BATCH_SLICES);
+            to.write_vectored(slices.get(..used).unwrap_or_default())
+                .await?
         };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
@@ -297,7 +305,6 @@ async fn write_batch<W: AsyncWrite + Unpin>(
                 left = 0;
             }
         }
-        batch.retain(|b| !b.is_empty());
     }
     Ok(())
 }
@@ -487,5 +494,27 @@ mod tests {
         )
         .await;
         assert!(res.is_err(), "8 MiB were accepted with nobody reading");
+    }
+
+    #[tokio::test]
+    async fn write_batch_survives_partial_writes_in_order() {
+        // A 100-byte pipe takes a few bytes of a buffer at a time: every
+        // partial write must resume exactly where it stopped, across
+        // buffer boundaries, until the batch is empty.
+        let (mut w, mut r) = duplex(100);
+        let parts: Vec<Bytes> = (0..40u8)
+            .map(|i| Bytes::from(vec![i; 1 + (i as usize * 37) % 300]))
+            .collect();
+        let want: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut batch: VecDeque<Bytes> = parts.into_iter().collect();
+        write_batch(&mut w, &mut batch).await.unwrap();
+        assert!(batch.is_empty());
+        drop(w);
+        assert_eq!(reader.await.unwrap(), want);
     }
 }
