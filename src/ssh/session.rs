@@ -1147,50 +1147,29 @@ impl Task {
                 last_output,
                 activity.activity.last_input(),
             );
+            // Output from whichever source: handled once, after the select.
+            let mut got: Option<(Bytes, bool)> = None;
+            let mut source_closed = false;
             tokio::select! {
                 m = out_rx.recv(), if rx_open => match m {
-                    Some(Out::Data(b, stderr)) => {
-                        last_output = tokio::time::Instant::now();
-                        if !self.send_output(b, stderr).await && end_reason.is_none() {
-                            end_reason = Some("client gone".into());
-                            kill(pid, group, &mut killed);
-                        }
-                    }
+                    Some(Out::Data(b, stderr)) => got = Some((b, stderr)),
                     None => {
                         rx_open = false;
-                        if pipe_out.is_none() && pipe_err.is_none() {
-                            self.flush_output().await;
-                        }
+                        source_closed = true;
                     }
                 },
                 r = read_pipe(&mut pipe_out) => match r {
-                    Some(b) => {
-                        last_output = tokio::time::Instant::now();
-                        if !self.send_output(b, false).await && end_reason.is_none() {
-                            end_reason = Some("client gone".into());
-                            kill(pid, group, &mut killed);
-                        }
-                    }
+                    Some(b) => got = Some((b, false)),
                     None => {
                         pipe_out = None;
-                        if pipe_err.is_none() && !rx_open {
-                            self.flush_output().await;
-                        }
+                        source_closed = true;
                     }
                 },
                 r = read_pipe(&mut pipe_err) => match r {
-                    Some(b) => {
-                        last_output = tokio::time::Instant::now();
-                        if !self.send_output(b, true).await && end_reason.is_none() {
-                            end_reason = Some("client gone".into());
-                            kill(pid, group, &mut killed);
-                        }
-                    }
+                    Some(b) => got = Some((b, true)),
                     None => {
                         pipe_err = None;
-                        if pipe_out.is_none() && !rx_open {
-                            self.flush_output().await;
-                        }
+                        source_closed = true;
                     }
                 },
                 // Output went idle: release what the masker holds back
@@ -1271,6 +1250,17 @@ impl Task {
                     pipe_out = None;
                     pipe_err = None;
                 }
+            }
+            if let Some((b, stderr)) = got {
+                last_output = tokio::time::Instant::now();
+                if !self.send_output(b, stderr).await && end_reason.is_none() {
+                    end_reason = Some("client gone".into());
+                    kill(pid, group, &mut killed);
+                }
+            }
+            // The last output source closed: release the masker's tail.
+            if source_closed && !rx_open && pipe_out.is_none() && pipe_err.is_none() {
+                self.flush_output().await;
             }
         }
         input_task.abort();
