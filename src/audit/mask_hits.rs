@@ -10,6 +10,10 @@ use crate::mask::Hit;
 /// variable limit).
 const ROWS_PER_INSERT: usize = 64;
 
+/// The full-batch statement's text, built once.
+static FULL_INSERT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+
 fn insert_sql(rows: usize) -> String {
     let mut sql =
         String::from("INSERT INTO mask_hits (at, session_id, source, detector, offset) VALUES ");
@@ -62,7 +66,7 @@ impl Store {
             // go in as multi-row INSERTs of ROWS_PER_INSERT (one statement
             // step per batch instead of per row; measured on bench/masking.sh
             // dense text, where per-row inserts were most of the bastion's CPU).
-            let mut full = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+            let mut full = tx.prepare_cached(&FULL_INSERT)?;
             let mut chunks = hits.chunks_exact(ROWS_PER_INSERT);
             for chunk in &mut chunks {
                 full.execute(rusqlite::params_from_iter(hit_params(
