@@ -19,19 +19,14 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const POLICY: &str = r#"
-[[role]]
-name = "lines"
-[role.match]
-issuer = "local"
-[role.grant]
-principals = ["{subject}"]
-shell = true
-exec = true
-[role.exec]
-allow = ["*"]
-deny = ["touch *blocked*"]
-"#;
+/// Everything allowed but `touch *blocked*`.
+fn policy() -> String {
+    policies::local_role(
+        "lines",
+        "",
+        "[role.exec]\nallow = [\"*\"]\ndeny = [\"touch *blocked*\"]\n",
+    )
+}
 
 const T: Duration = Duration::from_secs(30);
 
@@ -58,7 +53,7 @@ fn start_gated() -> (Server, PathBuf) {
     let s = Server::start_in(
         dir,
         ServerOpts {
-            policies: vec![("lines.toml".into(), POLICY.into())],
+            policies: vec![("lines.toml".into(), policy())],
             ssh_extra: format!("shell = {:?}", wrapper.display().to_string()),
             ..Default::default()
         },
